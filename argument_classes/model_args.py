@@ -1,0 +1,22 @@
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str = field(
+        default="minilm-l6",
+        metadata={"help": "Hub id, local folder, or packaged alias (minilm-l6, mpnet-base) that resolves offline."},
+    )
+    pooler_type: str = field(
+        default="model",
+        metadata={
+            "help": "model: the backbone's own HF sequence-classification head; cls|avg|last: one shared head "
+            "(dense-tanh-out) on the CLS token, the mask-aware mean, or the last non-padding token."
+        },
+    )
+    num_hidden_layers: int | None = field(default=None, metadata={"help": "Keep only the bottom N layers."})
+    classifier_dropout: float | None = field(
+        default=None, metadata={"help": "Dropout of the shared head (pooler_type cls|avg|last); default: the model's."}
+    )

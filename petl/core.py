@@ -1,0 +1,226 @@
+"""The Python API the CLI itself uses: apply_petl, trainable_summary, save_petl, load_petl."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+import petl.methods  # noqa: F401 - registers every method
+from petl.arch import arch_for
+from petl.errors import PetlError
+from petl.models import head_module_names
+from petl.registry import METHODS, MethodConfig, config_from_dict, get_method, make_config
+
+PETL_CONFIG_FILE = "petl_config.json"
+PETL_WEIGHTS_FILE = "petl_weights.safetensors"
+FORMAT_VERSION = 1
+
+
+def _layers_prefix(model: nn.Module) -> str:
+    backbone = model.base_model
+    for name, module in model.named_modules():
+        if module is backbone:
+            return (f"{name}." if name else "") + arch_for(model).layers + "."
+    raise PetlError("backbone not found in model")
+
+
+def layer_of_parameter(model: nn.Module, name: str) -> int | None:
+    prefix = _layers_prefix(model)
+    if name.startswith(prefix):
+        return int(name[len(prefix):].split(".", 1)[0])
+    return None
+
+
+def head_parameter_names(model: nn.Module) -> list[str]:
+    prefixes = tuple(p + "." for p in head_module_names(model))
+    return [n for n, _ in model.named_parameters() if n.startswith(prefixes)]
+
+
+def parse_methods(spec: str | list[str] | list[MethodConfig]) -> list[str]:
+    names = [s.strip() for s in spec.split(",") if s.strip()] if isinstance(spec, str) else list(spec)
+    if not names:
+        raise PetlError(f"--method is empty; allowed: {', '.join(METHODS)}")
+    return names
+
+
+def validate_combination(names: list[str]) -> None:
+    seen = set()
+    for name in names:
+        entry = get_method(name)
+        if name in seen:
+            raise PetlError(f"--method lists {name!r} twice")
+        seen.add(name)
+        if entry.exclusive and len(names) > 1:
+            raise PetlError(f"--method {name!r} cannot be combined with other methods (got {','.join(names)})")
+    adapters = [n for n in names if get_method(n).flag_prefix == "adapter"]
+    if len(adapters) > 1:
+        raise PetlError(f"--method combines adapter presets {','.join(adapters)}; use one adapter method")
+
+
+def apply_petl(model: nn.Module, methods: list[MethodConfig] | list[dict] | str) -> nn.Module:
+    """Freeze the backbone, attach the methods, make the head trainable; records what owns what.
+
+    `methods` may be configs, their dicts, or a comma-separated name list (default options)."""
+    if getattr(model, "petl_methods", None):
+        raise PetlError("PETL methods are already applied to this model")
+    if isinstance(methods, str):
+        methods = [make_config(n) for n in parse_methods(methods)]
+    configs = [config_from_dict(m) if isinstance(m, dict) else m for m in methods]
+    validate_combination([c.method for c in configs])
+    model.requires_grad_(False)
+    owner: dict[str, tuple[str, int | None]] = OrderedDict()
+    for cfg in configs:
+        for name, layer in get_method(cfg.method).apply(model, cfg).items():
+            owner[name] = (cfg.method, layer)
+    params = dict(model.named_parameters())
+    for name in head_parameter_names(model):
+        params[name].requires_grad_(True)
+        owner[name] = ("head", None)
+    for name, (method, _) in owner.items():
+        if not params[name].requires_grad:
+            raise PetlError(f"internal: {method} claimed frozen parameter {name}")
+    stray = [n for n, p in params.items() if p.requires_grad and n not in owner]
+    if stray:
+        raise PetlError(f"internal: trainable parameters owned by no method: {stray[:3]}")
+    model.petl_methods = configs
+    model.petl_owner = owner
+    return model
+
+
+def _owner(model: nn.Module) -> dict[str, tuple[str, int | None]]:
+    owner = getattr(model, "petl_owner", None)
+    if owner is None:
+        raise PetlError("no PETL methods applied to this model; call apply_petl first")
+    return owner
+
+
+def is_new_parameter(model: nn.Module, name: str) -> bool:
+    """True for parameters a method added (not part of the pretrained backbone or the head)."""
+    method, _ = _owner(model).get(name, (None, None))
+    return method not in (None, "head") and get_method(method).new_parameters
+
+
+def trainable_summary(model: nn.Module) -> dict[str, Any]:
+    """Parameter report: one row per (method, layer), the head separately, and totals.
+
+    `backbone` is the pretrained model without the head and without anything a method added."""
+    owner = _owner(model)
+    params = dict(model.named_parameters())
+    head = {n for n, (m, _) in owner.items() if m == "head"}
+    new = {n for n in owner if is_new_parameter(model, n)}
+    backbone_total = sum(p.numel() for n, p in params.items() if n not in head and n not in new)
+    rows: dict[tuple[str, Any], int] = OrderedDict()
+    for name, (method, layer) in owner.items():
+        key = (method, layer)
+        rows[key] = rows.get(key, 0) + params[name].numel()
+    table = []
+    for (method, layer), count in sorted(rows.items(), key=lambda kv: (kv[0][0] == "head", kv[0][0], -1 if kv[0][1] is None else kv[0][1])):
+        table.append({
+            "method": method,
+            "layer": layer,
+            "parameters": count,
+            "share_of_backbone": count / backbone_total,
+        })
+    trainable = sum(p.numel() for p in params.values() if p.requires_grad)
+    head_count = sum(params[n].numel() for n in head)
+    return {
+        "methods": [c.to_dict() for c in model.petl_methods],
+        "rows": table,
+        "trainable_parameters": trainable,
+        "trainable_parameters_without_head": trainable - head_count,
+        "head_parameters": head_count,
+        "backbone_parameters": backbone_total,
+        "total_parameters": sum(p.numel() for p in params.values()),
+        "trainable_share_of_backbone": (trainable - head_count) / backbone_total,
+    }
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    lines = [f"{'method':<10} {'layer':>5} {'parameters':>12} {'% backbone':>10}"]
+    for row in summary["rows"]:
+        layer = "-" if row["layer"] is None else str(row["layer"])
+        lines.append(f"{row['method']:<10} {layer:>5} {row['parameters']:>12,} {100 * row['share_of_backbone']:>9.4f}%")
+    lines.append(
+        f"trainable {summary['trainable_parameters']:,} (without head {summary['trainable_parameters_without_head']:,}, "
+        f"{100 * summary['trainable_share_of_backbone']:.4f}% of the {summary['backbone_parameters']:,}-parameter backbone); "
+        f"total {summary['total_parameters']:,}"
+    )
+    return "\n".join(lines)
+
+
+def petl_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Exactly the trained tensors (method parameters and head), detached copies."""
+    params = dict(model.named_parameters())
+    return {n: params[n].detach().to("cpu").clone().contiguous() for n in _owner(model)}
+
+
+def save_petl(model: nn.Module, directory: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
+    """Write the trained tensors (safetensors) and a JSON config that rebuilds the methods."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    config = {
+        "format_version": FORMAT_VERSION,
+        "methods": [c.to_dict() for c in model.petl_methods],
+        "num_labels": int(getattr(model.config, "num_labels", 0)),
+        "num_hidden_layers": int(model.config.num_hidden_layers),
+        "model_type": model.config.model_type,
+        **(extra or {}),
+    }
+    # write to temporary names, then rename: a crash never leaves a half-written delta
+    for fname, writer in (
+        (PETL_WEIGHTS_FILE, lambda p: save_file(petl_state_dict(model), p)),
+        (PETL_CONFIG_FILE, lambda p: Path(p).write_text(json.dumps(config, indent=2))),
+    ):
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{fname}.")
+        os.close(fd)
+        writer(tmp)
+        os.replace(tmp, directory / fname)
+    return directory
+
+
+def read_petl_config(directory: str | os.PathLike) -> dict[str, Any]:
+    path = Path(directory) / PETL_CONFIG_FILE
+    if not path.is_file():
+        raise PetlError(f"--load_petl {str(directory)!r} has no {PETL_CONFIG_FILE}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise PetlError(f"{str(path)!r} is not valid JSON: {err}") from None
+
+
+def load_petl(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
+    """Apply the saved methods (if not applied yet) and load the saved tensors; every saved tensor
+    must land on a parameter of the same shape, and every trainable parameter must be covered."""
+    config = read_petl_config(directory)
+    if config.get("num_labels") not in (None, 0, model.config.num_labels):
+        raise PetlError(f"saved delta has {config['num_labels']} labels; the model has {model.config.num_labels}")
+    if config.get("model_type") not in (None, model.config.model_type):
+        raise PetlError(f"saved delta is for model_type {config['model_type']!r}; the model is {model.config.model_type!r}")
+    if getattr(model, "petl_methods", None) is None:
+        apply_petl(model, config["methods"])
+    elif [c.to_dict() for c in model.petl_methods] != [config_from_dict(m).to_dict() for m in config["methods"]]:
+        raise PetlError("the model carries other PETL methods than the saved delta")
+    weights_path = Path(directory) / PETL_WEIGHTS_FILE
+    if not weights_path.is_file():
+        raise PetlError(f"--load_petl {str(directory)!r} has no {PETL_WEIGHTS_FILE}")
+    tensors = load_file(str(weights_path))
+    params = dict(model.named_parameters())
+    missing = [n for n in _owner(model) if n not in tensors]
+    if missing:
+        raise PetlError(f"saved delta lacks {len(missing)} trained tensors, e.g. {missing[0]!r}")
+    with torch.no_grad():
+        for name, tensor in tensors.items():
+            if name not in params:
+                raise PetlError(f"saved tensor {name!r} has no parameter in the model")
+            if params[name].shape != tensor.shape:
+                raise PetlError(f"saved tensor {name!r} has shape {tuple(tensor.shape)}, model has {tuple(params[name].shape)}")
+            params[name].copy_(tensor)
+    return model

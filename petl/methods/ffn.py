@@ -1,0 +1,36 @@
+"""Sparse FFN tuning: train exactly the FFN projections of chosen layers (never attention)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from petl.arch import arch_for, layer_module, num_layers
+from petl.layers import parse_layers
+from petl.registry import MethodConfig, MethodEntry, register
+
+
+@dataclass
+class FfnConfig(MethodConfig):
+    layers: str = "all"
+    include_layernorm: bool = False  # also train the FFN block's LayerNorm
+
+
+def apply_ffn(model: nn.Module, config: FfnConfig) -> dict[str, int | None]:
+    arch = arch_for(model)
+    paths = list(arch.ffn_in) + [arch.ffn_out]
+    if config.include_layernorm and arch.ffn_ln:
+        paths.append(arch.ffn_ln)
+    owned = {}
+    names = {id(p): n for n, p in model.named_parameters()}
+    for layer in parse_layers(config.layers, num_layers(model), "ffn_layers"):
+        for path in paths:
+            for param in layer_module(model, layer, path).parameters():
+                param.requires_grad_(True)
+                owned[names[id(param)]] = layer
+    return owned
+
+
+register(MethodEntry("ffn", FfnConfig, apply_ffn, flag_prefix="ffn", new_parameters=False,
+                     description="train only the FFN (two projections, optionally its LayerNorm) of chosen layers"))

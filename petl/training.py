@@ -1,0 +1,144 @@
+"""HF Trainer integration: optimizer parameter groups, best-state selection with early stopping,
+and delta-only checkpoints for PETL methods.
+
+Where the head's learning rate is set: `build_param_groups` (from --head_lr / --petl_lr)."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import Trainer, TrainerCallback
+
+from petl.core import PETL_CONFIG_FILE, _owner, is_new_parameter, load_petl, save_petl
+
+logger = logging.getLogger(__name__)
+
+
+def no_decay_parameter_names(model: nn.Module) -> set[str]:
+    """Biases, normalisation weights, and parameters a method flags as additive deltas
+    (`param.petl_no_decay = True`: BitFit deltas, prompts, prefixes) get no weight decay."""
+    names = set()
+    for mod_name, module in model.named_modules():
+        is_norm = isinstance(module, (nn.LayerNorm, nn.GroupNorm)) or "norm" in type(module).__name__.lower()
+        for p_name, param in module.named_parameters(recurse=False):
+            full = f"{mod_name}.{p_name}" if mod_name else p_name
+            if is_norm or p_name == "bias" or getattr(param, "petl_no_decay", False):
+                names.add(full)
+    return names
+
+
+def build_param_groups(model: nn.Module, learning_rate: float, weight_decay: float,
+                       head_lr: float | None, petl_lr: float | None) -> list[dict]:
+    """Groups: head, method parameters (new), other trainable weights; each split by decay."""
+    owner = _owner(model)
+    no_decay = no_decay_parameter_names(model)
+    groups: dict[tuple[str, bool], list] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        method = owner.get(name, ("other", None))[0]
+        kind = "head" if method == "head" else ("petl" if is_new_parameter(model, name) else "other")
+        groups.setdefault((kind, name not in no_decay), []).append((name, param))
+    lrs = {"head": head_lr or learning_rate, "petl": petl_lr or learning_rate, "other": learning_rate}
+    out = []
+    for (kind, decay), items in sorted(groups.items()):
+        out.append({
+            "params": [p for _, p in items],
+            "lr": lrs[kind],
+            "weight_decay": weight_decay if decay else 0.0,
+            "group_name": f"{kind}{'' if decay else '/no_decay'}",
+            "num_parameters": sum(p.numel() for _, p in items),
+        })
+    return out
+
+
+class PetlTrainer(Trainer):
+    """Trainer with our parameter groups; checkpoints of PETL runs hold only the trained tensors."""
+
+    def create_optimizer(self, model=None):
+        if self.optimizer is None:
+            opt_model = self.model if model is None else model
+            args = self.args
+            groups = build_param_groups(opt_model, args.learning_rate, args.weight_decay, args.head_lr, args.petl_lr)
+            for g in groups:
+                logger.info("param group %-16s lr=%.2e weight_decay=%.3g tensors=%d parameters=%d",
+                            g["group_name"], g["lr"], g["weight_decay"], len(g["params"]), g["num_parameters"])
+            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(args, opt_model)
+            optimizer_kwargs.pop("lr", None)
+            clean = [{k: v for k, v in g.items() if k != "num_parameters"} for g in groups]
+            self.optimizer = optimizer_cls(clean, lr=args.learning_rate, **optimizer_kwargs)
+        return self.optimizer
+
+    def _is_petl_run(self) -> bool:
+        methods = getattr(self.model, "petl_methods", None) or []
+        return not any(m.method == "full" for m in methods)
+
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        if not self._is_petl_run():
+            return super()._save(output_dir, state_dict)
+        output_dir = output_dir or self.args.output_dir
+        save_petl(self.model, output_dir)
+        torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        if Path(resume_from_checkpoint, PETL_CONFIG_FILE).is_file():
+            load_petl(model or self.model, resume_from_checkpoint)
+            return
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+
+
+class BestStateCallback(TrainerCallback):
+    """Keeps an in-memory copy of the trainable tensors at the best validation score, stops early
+    after `patience` evaluations without improvement, and restores the best state on request.
+
+    Only the trained tensors are copied, so a PETL run holds kilobytes to megabytes, never a
+    full-model checkpoint on disk."""
+
+    def __init__(self, model: nn.Module, metric: str, greater_is_better: bool = True, patience: int | None = None):
+        self.model = model
+        self.metric_key = metric if metric.startswith("eval_") else f"eval_{metric}"
+        self.greater_is_better = greater_is_better
+        self.patience = patience
+        self.best_value: float | None = None
+        self.best_step: int | None = None
+        self.best_epoch: float | None = None
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.bad_evals = 0
+        self.history: list[dict] = []
+        self.active = True
+
+    def _better(self, value: float) -> bool:
+        if self.best_value is None:
+            return True
+        return value > self.best_value if self.greater_is_better else value < self.best_value
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        if not self.active or not metrics or self.metric_key not in metrics:
+            return
+        value = float(metrics[self.metric_key])
+        self.history.append({"step": state.global_step, "epoch": state.epoch, self.metric_key: value})
+        if math.isnan(value):
+            value = -math.inf if self.greater_is_better else math.inf
+        if self._better(value):
+            self.best_value, self.best_step, self.best_epoch = value, state.global_step, state.epoch
+            self.best_state = {n: p.detach().to("cpu", copy=True) for n, p in self.model.named_parameters() if p.requires_grad}
+            self.bad_evals = 0
+        else:
+            self.bad_evals += 1
+            if self.patience is not None and self.bad_evals >= self.patience:
+                logger.info("early stopping: %d evaluations without improvement of %s", self.bad_evals, self.metric_key)
+                control.should_training_stop = True
+
+    def restore_best(self) -> bool:
+        if self.best_state is None:
+            return False
+        params = dict(self.model.named_parameters())
+        with torch.no_grad():
+            for name, tensor in self.best_state.items():
+                params[name].copy_(tensor)
+        return True

@@ -1,0 +1,288 @@
+#!/usr/bin/env python
+"""Fine-tune a pretrained model on a GLUE task (or custom sentence(-pair) data) with a PETL method.
+
+    python run_glue.py --task_name mrpc --model_name_or_path minilm-l6 --method lora --lora_layers 4-5
+    python run_glue.py args.json
+
+Arguments: argument_classes/. Methods: petl/methods/ (registry in petl/registry.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from argument_classes import DataArguments, ModelArguments, PetlArguments, PetlTrainingArguments
+from petl.errors import PetlError
+
+METRIC_NAMES = ("accuracy", "f1", "matthews_correlation", "pearson", "spearmanr", "mse", "combined_score")
+
+logger = logging.getLogger("run_glue")
+
+
+def parse_args(argv: list[str] | None = None):
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser((ModelArguments, DataArguments, PetlArguments, PetlTrainingArguments))
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        if not Path(argv[0]).is_file():
+            raise PetlError(f"argument file {argv[0]!r} does not exist")
+        return parser.parse_json_file(json_file=os.path.abspath(argv[0]))
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
+def _model_tag(name: str) -> str:
+    return Path(name).name or name.replace("/", "_")
+
+
+def prepare_output_dir(model_args, data_args, petl_args, training_args) -> Path:
+    """Default the folder name; refuse to replace another run's results without the flag."""
+    from petl.results import RESULTS_FILE
+
+    if not training_args.output_dir or training_args.output_dir == "trainer_output":
+        task = data_args.task_name or "custom"
+        training_args.output_dir = str(
+            Path("outputs") / f"{task}-{_model_tag(model_args.model_name_or_path)}-{petl_args.method.replace(',', '+')}-s{training_args.seed}"
+        )
+    out = Path(training_args.output_dir)
+    if (out / RESULTS_FILE).exists() and not training_args.overwrite_output_dir and not petl_args.dry_run:
+        raise PetlError(
+            f"--output_dir {str(out)!r} already holds a run's {RESULTS_FILE}; choose another folder or pass --overwrite_output_dir"
+        )
+    return out
+
+
+def load_data(data_args, training_args):
+    """Read the raw splits and the label space; returns (task or None, raw splits, labels)."""
+    from petl.data import LabelSpace, load_custom_files, load_glue_dir, load_glue_hub
+    from petl.tasks import get_task
+
+    task = get_task(data_args.task_name) if data_args.task_name else None
+    custom = {"train": data_args.train_file, "validation": data_args.validation_file, "test": data_args.test_file}
+    need_test = bool(training_args.do_predict)
+    if any(custom.values()):
+        if not data_args.text_columns and not task:
+            raise PetlError("custom data files need --text_columns (one or two column names)")
+        cols = (data_args.text_columns.split(",") if data_args.text_columns else list(task.hub_text_columns))
+        labels = LabelSpace(None if task.labels is None else list(task.labels)) if task else None
+        raw, labels = load_custom_files(custom, [c.strip() for c in cols], data_args.label_column, labels)
+        return task, raw, labels, ("validation",), ("test",)
+    if task is None:
+        raise PetlError("give --task_name (cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli) or --train_file/--validation_file")
+    labels = LabelSpace(None if task.labels is None else list(task.labels))
+    raw = load_glue_dir(data_args.glue_dir, task, need_test) if data_args.glue_dir else load_glue_hub(task, need_test)
+    return task, raw, labels, task.dev_splits, task.test_splits
+
+
+def write_predictions(out_dir: Path, task, labels, name: str, preds: np.ndarray, ids: list) -> Path:
+    """GLUE submission format: `index<TAB>prediction`, one file per test set."""
+    file_names = {"test": None, "test_matched": "MNLI-m", "test_mismatched": "MNLI-mm"}
+    stem = file_names.get(name) or (task.submission_name if task else name)
+    path = out_dir / "predictions" / f"{stem}.tsv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        fh.write("index\tprediction\n")
+        for idx, p in zip(ids, preds):
+            if labels.is_regression:
+                value = f"{float(np.clip(p, 0.0, 5.0) if task and task.name == 'stsb' else p):.3f}"
+            else:
+                value = labels.names[int(np.argmax(p))]  # GLUE's own label strings (0/1, entailment, ...)
+            fh.write(f"{idx}\t{value}\n")
+    return path
+
+
+def run(model_args: ModelArguments, data_args: DataArguments, petl_args: PetlArguments,
+        training_args: PetlTrainingArguments) -> dict:
+    import torch
+    import transformers
+    from transformers import DataCollatorWithPadding, set_seed
+
+    from petl.core import apply_petl, format_summary, load_petl, read_petl_config, save_petl, trainable_summary
+    from petl.data import plan_splits, tokenize_split
+    from petl.metrics import default_selection_metric, glue_metrics
+    from petl.models import load_model, load_tokenizer, resolve_model_path
+    from petl.results import RESULTS_FILE, append_jsonl, git_commit, library_versions, peak_memory, write_json_atomic
+    from petl.training import BestStateCallback, PetlTrainer
+
+    started = time.time()
+    # ---- validate everything cheap before any heavy work
+    if petl_args.load_petl:
+        saved = read_petl_config(petl_args.load_petl)
+        petl_args.method = ",".join(m["method"] for m in saved["methods"])
+        method_configs = None
+    else:
+        method_configs = petl_args.method_configs()
+    method_names = petl_args.method_names()
+    if model_args.pooler_type not in ("model", "cls", "avg", "last"):
+        raise PetlError(f"--pooler_type {model_args.pooler_type!r} is not one of model, cls, avg, last")
+    if data_args.split_mode not in ("official", "heldout"):
+        raise PetlError(f"--split_mode {data_args.split_mode!r} is not one of official, heldout")
+    if petl_args.export_peft and "lora" not in method_names:
+        raise PetlError("--export_peft needs --method lora (PEFT's adapter format holds LoRA weights)")
+    if not petl_args.load_petl:
+        training_args.do_train = True  # training is what a run does unless it evaluates a saved delta
+    training_args.do_eval = True
+    if not torch.cuda.is_available():
+        training_args.dataloader_pin_memory = False
+    out_dir = prepare_output_dir(model_args, data_args, petl_args, training_args)
+
+    task, raw, labels, dev_names, test_names = load_data(data_args, training_args)
+    task_name = task.name if task else None
+    plan = plan_splits(raw, dev_names, test_names, data_args.split_mode, data_args.split_seed,
+                       data_args.max_train_samples, data_args.train_fraction, data_args.max_eval_samples)
+
+    set_seed(training_args.seed)
+    model_path = resolve_model_path(model_args.model_name_or_path)
+    tokenizer = load_tokenizer(model_path)
+    model = load_model(model_path, labels.num_labels, model_args.pooler_type, model_args.num_hidden_layers,
+                       seed=training_args.seed, id2label=None if labels.is_regression else dict(enumerate(labels.names)),
+                       classifier_dropout=model_args.classifier_dropout)
+    if petl_args.load_petl:
+        load_petl(model, petl_args.load_petl)
+    else:
+        apply_petl(model, method_configs)
+    summary = trainable_summary(model)
+    logger.info("parameter report\n%s", format_summary(summary))
+    if petl_args.dry_run:
+        print(format_summary(summary))
+        return {"parameter_report": summary}
+
+    def encode(split):
+        return tokenize_split(split, tokenizer, data_args.max_seq_length, data_args.pad_to_max_length, labels.is_regression)
+
+    train_ds = encode(plan.train)
+    eval_ds = {name: encode(split) for name, split in plan.eval_sets.items()}
+
+    metric = training_args.metric_for_best_model or default_selection_metric(task_name, labels.is_regression)
+    metric = metric.removeprefix("eval_")
+    greater = metric not in ("loss", "mse")
+    best = BestStateCallback(model, metric, greater, training_args.early_stopping_patience)
+
+    def compute_metrics(pred):
+        logits = pred.predictions[0] if isinstance(pred.predictions, tuple) else pred.predictions
+        return glue_metrics(task_name, logits, pred.label_ids, labels.is_regression)
+
+    trainer = PetlTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_ds if training_args.do_train else None,
+        eval_dataset=eval_ds["validation"],
+        data_collator=DataCollatorWithPadding(tokenizer),
+        processing_class=tokenizer,
+        compute_metrics=compute_metrics,
+        callbacks=[best],
+    )
+
+    train_metrics = {}
+    if training_args.do_train:
+        train_out = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+        train_metrics = dict(train_out.metrics)
+        best.active = False
+        if best.restore_best():
+            logger.info("restored the best state: %s=%.4f at step %s (epoch %.2f)", best.metric_key, best.best_value,
+                        best.best_step, best.best_epoch or 0)
+        elif trainer.args.eval_strategy != "no":
+            logger.warning("no evaluation produced %s; keeping the final state", best.metric_key)
+    best.active = False
+
+    eval_metrics: dict[str, dict] = {}
+    if training_args.do_eval or training_args.do_train:
+        for name, ds in eval_ds.items():
+            m = trainer.evaluate(eval_dataset=ds, metric_key_prefix=name)
+            eval_metrics[name] = {k.removeprefix(f"{name}_"): v for k, v in m.items()}
+
+    if training_args.do_train and trainer.is_world_process_zero():
+        save_petl(model, out_dir, extra={"model_name_or_path": model_args.model_name_or_path,
+                                         "pooler_type": model_args.pooler_type})
+        if petl_args.export_peft:
+            from petl.peft_export import export_peft
+
+            export_peft(model, petl_args.export_peft, model_args.model_name_or_path)
+
+    prediction_files = {}
+    if training_args.do_predict:
+        for name, split in plan.predict_sets.items():
+            pred = trainer.predict(encode(split), metric_key_prefix=name)
+            if trainer.is_world_process_zero():
+                prediction_files[name] = str(write_predictions(out_dir, task, labels, name, pred.predictions, split.ids))
+
+    report_prefix = plan.report_prefix
+    record = {
+        "task": task_name or "custom",
+        "model": {
+            "name_or_path": model_args.model_name_or_path,
+            "resolved_path": model_path,
+            "model_type": model.config.model_type,
+            "num_hidden_layers": model.config.num_hidden_layers,
+            "pooler_type": model_args.pooler_type,
+        },
+        "method": petl_args.method,
+        "method_configs": summary["methods"],
+        "seed": training_args.seed,
+        "split": plan.description,
+        "selection_metric": metric,
+        "validation_metrics": eval_metrics.get("validation"),
+        "test_metrics": eval_metrics.get("test") if report_prefix == "test" else None,
+        "eval_metrics": eval_metrics,
+        "reported_metrics": {k: v for k, v in eval_metrics.items() if k.startswith(report_prefix)},
+        "best_step": best.best_step,
+        "best_epoch": best.best_epoch,
+        "best_validation_score": best.best_value,
+        "evaluation_history": best.history,
+        "trainable_parameters": summary["trainable_parameters"],
+        "trainable_parameters_without_head": summary["trainable_parameters_without_head"],
+        "head_parameters": summary["head_parameters"],
+        "backbone_parameters": summary["backbone_parameters"],
+        "total_parameters": summary["total_parameters"],
+        "parameter_report": summary["rows"],
+        "new_parameters_initialised": getattr(model, "petl_new_parameters", []),
+        "train_runtime": train_metrics.get("train_runtime"),
+        "train_samples_per_second": train_metrics.get("train_samples_per_second"),
+        "train_loss": train_metrics.get("train_loss"),
+        "wall_time_seconds": time.time() - started,
+        "memory": peak_memory(),
+        "versions": library_versions(),
+        "git": git_commit(),
+        "prediction_files": prediction_files,
+        "arguments": {
+            "model": dataclasses.asdict(model_args),
+            "data": dataclasses.asdict(data_args),
+            "petl": dataclasses.asdict(petl_args),
+            "training": {k: v for k, v in training_args.to_dict().items() if not k.startswith("_")},
+        },
+        "output_dir": str(out_dir),
+    }
+    if trainer.is_world_process_zero():
+        write_json_atomic(out_dir / RESULTS_FILE, record)
+        if training_args.results_file:
+            append_jsonl(training_args.results_file, record)
+        for name, metrics in record["reported_metrics"].items():
+            shown = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k in METRIC_NAMES)
+            print(f"[{task_name or 'custom'}] {name}: {shown}")
+    del torch, transformers
+    return record
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO, datefmt="%H:%M:%S")
+    try:
+        import transformers
+
+        transformers.logging.set_verbosity_warning()
+        model_args, data_args, petl_args, training_args = parse_args(argv)
+        run(model_args, data_args, petl_args, training_args)
+    except PetlError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
