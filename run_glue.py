@@ -48,9 +48,9 @@ def prepare_output_dir(model_args, data_args, petl_args, training_args) -> Path:
 
     if not training_args.output_dir or training_args.output_dir == "trainer_output":
         task = data_args.task_name or "custom"
-        training_args.output_dir = str(
-            Path("outputs") / f"{task}-{_model_tag(model_args.model_name_or_path)}-{petl_args.method.replace(',', '+')}-s{training_args.seed}"
-        )
+        model_tag = _model_tag(model_args.model_name_or_path)
+        method_tag = petl_args.method.replace(",", "+")
+        training_args.output_dir = str(Path("outputs") / f"{task}-{model_tag}-{method_tag}-s{training_args.seed}")
     out = Path(training_args.output_dir)
     if (out / RESULTS_FILE).exists() and not training_args.overwrite_output_dir and not petl_args.dry_run:
         raise PetlError(
@@ -89,7 +89,7 @@ def write_predictions(out_dir: Path, task, labels, name: str, preds: np.ndarray,
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as fh:
         fh.write("index\tprediction\n")
-        for idx, p in zip(ids, preds):
+        for idx, p in zip(ids, preds, strict=True):
             if labels.is_regression:
                 value = f"{float(np.clip(p, 0.0, 5.0) if task and task.name == 'stsb' else p):.3f}"
             else:
@@ -272,11 +272,14 @@ def run(model_args: ModelArguments, data_args: DataArguments, petl_args: PetlArg
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO, datefmt="%H:%M:%S")
-    try:
-        import transformers
+    import transformers
 
-        transformers.logging.set_verbosity_warning()
-        model_args, data_args, petl_args, training_args = parse_args(argv)
+    transformers.logging.set_verbosity_warning()
+    try:
+        try:
+            model_args, data_args, petl_args, training_args = parse_args(argv)
+        except ValueError as err:  # HfArgumentParser: unknown or malformed arguments
+            raise PetlError(str(err).splitlines()[0]) from None
         run(model_args, data_args, petl_args, training_args)
     except PetlError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -20,6 +20,7 @@ from petl.errors import PetlError
 class ArchSpec:
     layers: str  # ModuleList of transformer layers, relative to the backbone
     word_embeddings: str  # token embedding table, relative to the backbone
+    embeddings: str  # module turning input_ids (+ positions, types) into the first hidden states
     self_attn: str  # module taking (hidden_states, attention_mask, ...) and computing q/k/v attention
     q: str
     k: str
@@ -41,6 +42,7 @@ class ArchSpec:
 _BERT_LIKE = ArchSpec(
     layers="encoder.layer",
     word_embeddings="embeddings.word_embeddings",
+    embeddings="embeddings",
     self_attn="attention.self",
     q="attention.self.query",
     k="attention.self.key",
@@ -60,6 +62,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "mpnet": ArchSpec(
         layers="encoder.layer",
         word_embeddings="embeddings.word_embeddings",
+        embeddings="embeddings",
         self_attn="attention.attn",
         q="attention.attn.q",
         k="attention.attn.k",

@@ -75,13 +75,14 @@ def apply_petl(model: nn.Module, methods: list[MethodConfig] | list[dict] | str)
         methods = [make_config(n) for n in parse_methods(methods)]
     configs = [config_from_dict(m) if isinstance(m, dict) else m for m in methods]
     validate_combination([c.method for c in configs])
+    head_names = head_parameter_names(model)  # before methods attach modules of their own
     model.requires_grad_(False)
     owner: dict[str, tuple[str, int | None]] = OrderedDict()
     for cfg in configs:
         for name, layer in get_method(cfg.method).apply(model, cfg).items():
             owner[name] = (cfg.method, layer)
     params = dict(model.named_parameters())
-    for name in head_parameter_names(model):
+    for name in head_names:
         params[name].requires_grad_(True)
         owner[name] = ("head", None)
     for name, (method, _) in owner.items():
@@ -224,3 +225,17 @@ def load_petl(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
                 raise PetlError(f"saved tensor {name!r} has shape {tuple(tensor.shape)}, model has {tuple(params[name].shape)}")
             params[name].copy_(tensor)
     return model
+
+
+def merge_petl(model: nn.Module) -> int:
+    """Fold LoRA updates into the base weights (logits unchanged); returns modules merged."""
+    from petl.methods.lora import merge_lora
+
+    return merge_lora(model, merge=True)
+
+
+def unmerge_petl(model: nn.Module) -> int:
+    """Undo `merge_petl`; returns modules unmerged."""
+    from petl.methods.lora import merge_lora
+
+    return merge_lora(model, merge=False)

@@ -143,7 +143,7 @@ def load_glue_hub(task: GlueTask, need_test: bool) -> dict[str, TextSplit]:
             f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
         ) from None
     names = {"train": "train"}
-    for dev, test in zip(task.dev_splits, task.test_splits):
+    for dev, test in zip(task.dev_splits, task.test_splits, strict=True):
         names[dev] = dev.replace("dev", "validation")
         if need_test:
             names[test] = test
@@ -281,7 +281,7 @@ def plan_splits(
     suffixes = ["" if i == 0 else "_" + dev_names[i].split("_", 1)[-1] for i in range(len(devs))]
     desc: dict = {"split_mode": split_mode, "split_seed": split_seed}
     if split_mode == "official":
-        eval_sets = {f"validation{s}": d for s, d in zip(suffixes, devs)}
+        eval_sets = {f"validation{s}": d for s, d in zip(suffixes, devs, strict=True)}
         report_prefix = "validation"
     elif split_mode == "heldout":
         if devs[0].labels is None:
@@ -292,7 +292,7 @@ def plan_splits(
             half = len(order) // 2
             val_idx, test_idx = sorted(order[:half]), sorted(order[half:])
             eval_sets = {"validation": devs[0].select(val_idx), "test": devs[0].select(test_idx)}
-            for s, d in zip(suffixes[1:], devs[1:]):
+            for s, d in zip(suffixes[1:], devs[1:], strict=True):
                 eval_sets[f"test{s}"] = d
             desc["protocol"] = "dev split 50/50 into validation and test"
         else:
@@ -301,7 +301,7 @@ def plan_splits(
             val_idx, train_idx = sorted(order[:HELDOUT_VALIDATION_SIZE]), sorted(order[HELDOUT_VALIDATION_SIZE:])
             eval_sets = {"validation": train.select(val_idx)}
             train = train.select(train_idx)
-            for s, d in zip(suffixes, devs):
+            for s, d in zip(suffixes, devs, strict=True):
                 eval_sets[f"test{s}"] = d
             desc["protocol"] = f"{HELDOUT_VALIDATION_SIZE} training examples held out as validation; dev is test"
         report_prefix = "test"

@@ -196,7 +196,7 @@ def head_module_names(model: nn.Module) -> list[str]:
     backbone's own pooler (BERT's pooler feeds only the classifier, so it belongs to the head)."""
     backbone = model.base_model
     prefix = next(name for name, mod in model.named_children() if mod is backbone)
-    names = [name for name, _ in model.named_children() if name != prefix]
+    names = [name for name, mod in model.named_children() if name != prefix and any(True for _ in mod.parameters())]
     if getattr(backbone, "pooler", None) is not None:
         names.append(f"{prefix}.pooler")
     return names

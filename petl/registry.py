@@ -9,8 +9,9 @@ backbone weights (they get `--learning_rate`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
-from typing import Any, Callable
+from typing import Any
 
 from torch import nn
 

@@ -1,0 +1,126 @@
+"""Bottleneck adapters: serial (Houlsby 2019, Pfeiffer 2021) and parallel (He et al. 2022).
+
+serial:   y = o(x);  y <- y + s * up(act(down(LN?(y))))        (after the block's output projection)
+parallel: y = o(x);  y <- y + s * up(act(down(LN?(h))))        (h: the block's input)
+With `init=identity` the up-projection starts at zero, so the model is exactly the base model at step 0.
+Presets: houlsby (serial, attn+ffn), pfeiffer (serial, ffn), parallel (parallel, ffn).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from petl.errors import PetlError
+from petl.methods.hooks import arch_for, chosen_layers, layer_module, owned_parameters, parse_targets
+from petl.registry import MethodConfig, MethodEntry, register
+
+ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "swish": nn.SiLU, "tanh": nn.Tanh}
+PLACEMENTS = ("ffn", "attn")
+
+
+@dataclass
+class AdapterConfig(MethodConfig):
+    style: str = "serial"
+    placement: str = "ffn"
+    dim: int = 64
+    activation: str = "relu"
+    scaling: str = "1.0"
+    layernorm: bool = False
+    layernorm_affine: bool = True
+    init: str = "identity"
+    layers: str = "all"
+
+    def validate(self) -> None:
+        if self.style not in ("serial", "parallel"):
+            raise PetlError(f"--adapter_style {self.style!r} is not one of serial, parallel")
+        parse_targets(self.placement, PLACEMENTS, "adapter_placement")
+        if self.dim < 1:
+            raise PetlError(f"--adapter_dim {self.dim} is invalid; allowed: 1..hidden size")
+        if self.activation not in ACTIVATIONS:
+            raise PetlError(f"--adapter_activation {self.activation!r} is not one of {', '.join(ACTIVATIONS)}")
+        if self.init not in ("identity", "default"):
+            raise PetlError(f"--adapter_init {self.init!r} is not one of identity, default")
+        if str(self.scaling) != "learned":
+            try:
+                float(self.scaling)
+            except ValueError:
+                raise PetlError(f"--adapter_scaling {self.scaling!r} is neither a number nor 'learned'") from None
+
+
+class BottleneckAdapter(nn.Module):
+    def __init__(self, hidden: int, config: AdapterConfig):
+        super().__init__()
+        self.layer_norm = nn.LayerNorm(hidden, elementwise_affine=config.layernorm_affine) if config.layernorm else None
+        self.down = nn.Linear(hidden, config.dim)
+        self.act = ACTIVATIONS[config.activation]()
+        self.up = nn.Linear(config.dim, hidden)
+        if str(config.scaling) == "learned":
+            self.scale = nn.Parameter(torch.ones(1))
+        else:
+            self.register_buffer("scale", torch.tensor(float(config.scaling)), persistent=False)
+        if config.init == "identity":
+            nn.init.normal_(self.down.weight, std=0.02)
+            nn.init.zeros_(self.down.bias)
+            nn.init.zeros_(self.up.weight)
+            nn.init.zeros_(self.up.bias)
+        self.stash: torch.Tensor | None = None  # parallel style: the block input of the current call
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.layer_norm(x) if self.layer_norm is not None else x
+        return self.up(self.act(self.down(h))) * self.scale
+
+
+def _serial_hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+    return output + module.adapter(output)
+
+
+def _parallel_hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+    adapter = module.adapter
+    source, adapter.stash = adapter.stash, None
+    if source is None:
+        raise RuntimeError("parallel adapter: the block input was not captured")
+    return output + adapter(source)
+
+
+def _stash_input(adapter: BottleneckAdapter):
+    def hook(module, args, kwargs):
+        adapter.stash = args[0] if args else kwargs["hidden_states"]
+
+    return hook
+
+
+def apply_adapter(model: nn.Module, config: AdapterConfig) -> dict[str, int | None]:
+    arch = arch_for(model)
+    hidden = model.config.hidden_size
+    if config.dim > hidden:
+        raise PetlError(f"--adapter_dim {config.dim} is larger than the hidden size; allowed: 1..{hidden}")
+    owned = {}
+    for layer in chosen_layers(model, config.layers, "adapter_layers"):
+        for place in parse_targets(config.placement, PLACEMENTS, "adapter_placement"):
+            host = layer_module(model, layer, arch.o if place == "attn" else arch.ffn_out)
+            adapter = BottleneckAdapter(hidden, config).to(host.weight.device)
+            host.adapter = adapter
+            if config.style == "serial":
+                host.register_forward_hook(_serial_hook)
+            else:
+                block = layer_module(model, layer, arch.attn_block if place == "attn" else arch.ffn_block)
+                block.register_forward_pre_hook(_stash_input(adapter), with_kwargs=True)
+                host.register_forward_hook(_parallel_hook)
+            owned.update(owned_parameters(model, host, layer, ("adapter",)))
+    return owned
+
+
+register(MethodEntry("adapter", AdapterConfig, apply_adapter, flag_prefix="adapter",
+                     description="bottleneck adapters, serial or parallel, after attention and/or FFN"))
+register(MethodEntry("houlsby", AdapterConfig, apply_adapter, flag_prefix="adapter",
+                     preset={"style": "serial", "placement": "attn,ffn"},
+                     description="Houlsby adapters: serial, after attention and after FFN"))
+register(MethodEntry("pfeiffer", AdapterConfig, apply_adapter, flag_prefix="adapter",
+                     preset={"style": "serial", "placement": "ffn"},
+                     description="Pfeiffer adapters: serial, after FFN"))
+register(MethodEntry("parallel", AdapterConfig, apply_adapter, flag_prefix="adapter",
+                     preset={"style": "parallel", "placement": "ffn"},
+                     description="parallel FFN adapter (He et al. 2022)"))

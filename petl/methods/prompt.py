@@ -1,0 +1,105 @@
+"""Prompt tuning (Lester et al. 2021): P soft tokens inserted at the input embeddings.
+
+A pre-hook on the top-level model turns `input_ids` into `inputs_embeds`, inserts the prompts and
+extends `attention_mask` and `token_type_ids`. By default the prompts go right after the first
+(special) token, so CLS pooling still reads the real CLS token; `position=start` puts them before
+it, as PEFT does."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from petl.arch import backbone_of, get_module
+from petl.errors import PetlError
+from petl.methods.hooks import arch_for, bind_arguments, owned_parameters
+from petl.registry import MethodConfig, MethodEntry, register
+
+
+@dataclass
+class PromptConfig(MethodConfig):
+    length: int = 10
+    init: str = "random"
+    init_text: str = ""
+    position: str = "after_cls"
+
+    def validate(self) -> None:
+        if self.length < 1:
+            raise PetlError(f"--prompt_length {self.length} is invalid; allowed: >= 1")
+        if self.init not in ("random", "vocab", "text"):
+            raise PetlError(f"--prompt_init {self.init!r} is not one of random, vocab, text")
+        if self.init == "text" and not self.init_text:
+            raise PetlError("--prompt_init text needs --prompt_init_text")
+        if self.position not in ("after_cls", "start"):
+            raise PetlError(f"--prompt_position {self.position!r} is not one of after_cls, start")
+
+
+class SoftPrompt(nn.Module):
+    def __init__(self, embeddings: torch.Tensor):
+        super().__init__()
+        self.embeddings = nn.Parameter(embeddings)
+        self.embeddings.petl_no_decay = True
+
+
+def _initial_prompt(model: nn.Module, word_embeddings: nn.Embedding, config: PromptConfig) -> torch.Tensor:
+    table = word_embeddings.weight.detach()
+    if config.init == "random":
+        return torch.randn(config.length, table.shape[1], device=table.device) * getattr(model.config, "initializer_range", 0.02)
+    if config.init == "vocab":
+        ids = torch.randint(0, table.shape[0], (config.length,))
+    else:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(model.config.name_or_path)
+        token_ids = tokenizer(config.init_text, add_special_tokens=False)["input_ids"]
+        if not token_ids:
+            raise PetlError(f"--prompt_init_text {config.init_text!r} has no tokens")
+        ids = torch.tensor((token_ids * config.length)[: config.length])
+    return table[ids.to(table.device)].clone()
+
+
+def _insert(x: torch.Tensor, block: torch.Tensor, at: int) -> torch.Tensor:
+    return torch.cat([x[:, :at], block, x[:, at:]], dim=1)
+
+
+def _prompt_pre_hook(model_ref: nn.Module, word_embeddings: nn.Embedding, prompt: SoftPrompt, at: int):
+    def hook(module, args, kwargs):
+        bound = bind_arguments(module, args, kwargs)
+        a = bound.arguments
+        input_ids = a.get("input_ids")
+        embeds = a.get("inputs_embeds")
+        if embeds is None:
+            if input_ids is None:
+                raise PetlError("prompt tuning needs input_ids or inputs_embeds")
+            embeds = word_embeddings(input_ids)
+        b = embeds.shape[0]
+        p = prompt.embeddings.shape[0]
+        block = prompt.embeddings.to(embeds.dtype).unsqueeze(0).expand(b, -1, -1)
+        a["inputs_embeds"] = _insert(embeds, block, at)
+        a["input_ids"] = None
+        if a.get("attention_mask") is not None:
+            mask = a["attention_mask"]
+            a["attention_mask"] = _insert(mask, mask.new_ones(b, p), at)
+        if a.get("token_type_ids") is not None:
+            tt = a["token_type_ids"]
+            a["token_type_ids"] = _insert(tt, tt.new_zeros(b, p), at)
+        if a.get("position_ids") is not None:
+            raise PetlError("prompt tuning does not support explicit position_ids")
+        return bound.args, bound.kwargs
+
+    return hook
+
+
+def apply_prompt(model: nn.Module, config: PromptConfig) -> dict[str, int | None]:
+    arch = arch_for(model)
+    word_embeddings = get_module(backbone_of(model), arch.word_embeddings)
+    model.soft_prompt = SoftPrompt(_initial_prompt(model, word_embeddings, config))
+    at = 1 if config.position == "after_cls" else 0
+    model.register_forward_pre_hook(_prompt_pre_hook(model, word_embeddings, model.soft_prompt, at), with_kwargs=True)
+    return owned_parameters(model, model, None, ("soft_prompt",))
+
+
+register(MethodEntry("prompt", PromptConfig, apply_prompt, flag_prefix="prompt",
+                     description="soft prompt tokens at the input embeddings"))

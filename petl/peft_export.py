@@ -1,0 +1,63 @@
+"""Write LoRA weights in PEFT's adapter format (`adapter_config.json` + `adapter_model.safetensors`),
+so `peft.PeftModel.from_pretrained(AutoModelForSequenceClassification..., dir)` gives our logits."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from safetensors.torch import save_file
+from torch import nn
+
+from petl.core import _owner
+from petl.errors import PetlError
+from petl.methods.lora import lora_modules
+from petl.models import PooledClassifier, head_module_names
+
+
+def export_peft(model: nn.Module, directory: str, base_model_name_or_path: str = "") -> Path:
+    if isinstance(model, PooledClassifier):
+        raise PetlError("--export_peft needs --pooler_type model (PEFT loads onto the stock HF classifier)")
+    methods = {c.method for c in model.petl_methods}
+    if methods - {"lora", "head"}:
+        raise PetlError(f"--export_peft writes LoRA only; this model also has {', '.join(sorted(methods - {'lora', 'head'}))}")
+    modules = lora_modules(model)
+    if not modules:
+        raise PetlError("--export_peft: the model has no LoRA modules")
+    if any(m.lora_merged for _, m in modules):
+        raise PetlError("--export_peft: unmerge LoRA first (petl.unmerge_petl)")
+    first = modules[0][1]
+    ranks = {m.lora_A.out_features for _, m in modules}
+    scalings = {m.lora_scaling for _, m in modules}
+    if len(ranks) != 1 or len(scalings) != 1:
+        raise PetlError("--export_peft needs one rank and alpha for all LoRA modules")
+    rank = ranks.pop()
+    dropout = first.lora_dropout.p if isinstance(first.lora_dropout, nn.Dropout) else 0.0
+    head = head_module_names(model)
+    tensors = {}
+    for name, m in modules:
+        tensors[f"base_model.model.{name}.lora_A.weight"] = m.lora_A.weight.detach().cpu().contiguous()
+        tensors[f"base_model.model.{name}.lora_B.weight"] = m.lora_B.weight.detach().cpu().contiguous()
+    params = dict(model.named_parameters())
+    for pname, (method, _) in _owner(model).items():
+        if method == "head":
+            tensors[f"base_model.model.{pname}"] = params[pname].detach().cpu().contiguous()
+    config = {
+        "peft_type": "LORA",
+        "task_type": "SEQ_CLS",
+        "base_model_name_or_path": base_model_name_or_path,
+        "r": rank,
+        "lora_alpha": scalings.pop() * rank,
+        "lora_dropout": dropout,
+        "target_modules": [name for name, _ in modules],
+        "modules_to_save": [h.split(".")[-1] for h in head],
+        "bias": "none",
+        "fan_in_fan_out": False,
+        "init_lora_weights": True,
+        "inference_mode": True,
+    }
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(out / "adapter_model.safetensors"))
+    (out / "adapter_config.json").write_text(json.dumps(config, indent=2))
+    return out

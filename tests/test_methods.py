@@ -1,0 +1,225 @@
+"""Every method on tiny random BERT, RoBERTa and MPNet configs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import TINY, clone, tiny_batch, tiny_model
+from transformers import AutoModelForSequenceClassification, RobertaConfig
+
+from argument_classes import PetlArguments
+from petl.core import apply_petl, load_petl, merge_petl, save_petl, trainable_summary, unmerge_petl
+from petl.errors import PetlError
+from petl.registry import make_config
+
+ARCHS = ["bert", "roberta", "mpnet"]
+H, I, L = TINY["hidden_size"], TINY["intermediate_size"], TINY["num_hidden_layers"]
+
+IDENTITY_AT_INIT = [
+    ("lora", {"targets": "q,k,v,o,ffn_in,ffn_out", "rank": 4}),
+    ("adapter", {"dim": 8, "placement": "attn,ffn"}),
+    ("adapter", {"dim": 8, "placement": "attn,ffn", "style": "parallel"}),
+    ("adapter", {"dim": 8, "layernorm": True, "scaling": "learned"}),
+    ("houlsby", {"dim": 8}),
+    ("pfeiffer", {"dim": 8}),
+    ("parallel", {"dim": 8}),
+    ("bitfit", {}),
+]
+
+
+def logits(model, seed=1):
+    ids, mask = tiny_batch(seed)
+    return model(input_ids=ids, attention_mask=mask).logits
+
+
+def perturb(model, seed=3):
+    """Give every trainable tensor random values, so tests cannot pass on zeros."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn(p.shape, generator=g) * 0.1)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("method,options", IDENTITY_AT_INIT)
+def test_identity_at_init(arch, method, options):
+    base = tiny_model(arch)
+    model = apply_petl(clone(base), [make_config(method, **options)])
+    assert torch.allclose(logits(model), logits(base), atol=1e-6, rtol=0)
+    perturb(model)  # and the methods really act: perturbed parameters change the logits
+    assert not torch.allclose(logits(model), logits(base), atol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_prefix_and_prompt_change_logits_only_through_their_parameters(arch):
+    base = tiny_model(arch)
+    for cfg in (make_config("prefix", length=3, layers="1"), make_config("prompt", length=2)):
+        model = apply_petl(clone(base), [cfg])
+        out = logits(model)
+        assert out.shape == logits(base).shape and torch.isfinite(out).all()
+        before = {n: p.clone() for n, p in model.named_parameters() if not p.requires_grad}
+        out.sum().backward()
+        grads = [n for n, p in model.named_parameters() if p.grad is not None]
+        assert grads and all(model.petl_owner[n][0] in (cfg.method, "head") for n in grads)
+        assert all(torch.equal(before[n], p) for n, p in model.named_parameters() if n in before)
+
+
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_parameter_counts_equal_the_formula(arch):
+    base = tiny_model(arch)
+    cases = [
+        ("lora", {"targets": "q,v", "rank": 4, "layers": "0,2"}, 2 * 2 * 4 * (H + H)),
+        ("lora", {"targets": "ffn_in", "rank": 2, "layers": "1"}, 2 * (H + I)),
+        ("adapter", {"dim": 8, "placement": "attn,ffn", "layers": "1-2"}, 2 * 2 * (2 * H * 8 + 8 + H)),
+        ("adapter", {"dim": 8, "layernorm": True, "scaling": "learned", "layers": "0"}, 2 * H * 8 + 8 + H + 2 * H + 1),
+        ("bitfit", {"layers": "all"}, L * (7 * H + I)),
+        ("bitfit", {"targets": "q,ffn_in", "layers": "2"}, H + I),
+        ("prefix", {"length": 5, "layers": "0,1"}, 2 * 2 * 5 * H),
+        ("prefix", {"length": 5, "layers": "0", "mlp_dim": 16}, 5 * H + (H * 16 + 16) + (16 * 2 * H + 2 * H)),
+        ("prompt", {"length": 7}, 7 * H),
+        ("ffn", {"layers": "1"}, 2 * H * I + I + H),
+        ("ffn", {"layers": "1", "include_layernorm": True}, 2 * H * I + I + H + 2 * H),
+    ]
+    for method, options, expected in cases:
+        model = apply_petl(clone(base), [make_config(method, **options)])
+        summary = trainable_summary(model)
+        assert summary["trainable_parameters_without_head"] == expected, (method, options)
+        assert sum(r["parameters"] for r in summary["rows"] if r["method"] == method) == expected
+        head = sum(p.numel() for n, p in model.named_parameters() if model.petl_owner.get(n, ("",))[0] == "head")
+        assert summary["head_parameters"] == head > 0
+        assert summary["backbone_parameters"] == sum(p.numel() for p in base.parameters()) - head
+
+
+def test_adapterhub_preset_counts_on_roberta_base():
+    cfg = RobertaConfig(vocab_size=50265, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                        intermediate_size=3072, max_position_embeddings=514, type_vocab_size=1, num_labels=2)
+    base = AutoModelForSequenceClassification.from_config(cfg)
+    expected = {"pfeiffer": 894_528, "houlsby": 1_789_056}  # AdapterHub, reduction factor 16 (dim 48)
+    for method, count in expected.items():
+        model = apply_petl(clone(base), [make_config(method, dim=768 // 16)])
+        assert trainable_summary(model)["trainable_parameters_without_head"] == count
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_only_chosen_layers_and_targets_get_parameters(arch):
+    model = apply_petl(tiny_model(arch), [make_config("lora", targets="q,v", rank=2, layers="1"),
+                                          make_config("adapter", dim=4, layers="2")])
+    owner = model.petl_owner
+    lora = {n for n, (m, _) in owner.items() if m == "lora"}
+    adapter = {n for n, (m, _) in owner.items() if m == "adapter"}
+    assert {owner[n][1] for n in lora} == {1} and {owner[n][1] for n in adapter} == {2}
+    assert len(lora) == 4 and len(adapter) == 4  # A,B x q,v ; down/up weight+bias
+    from petl.arch import arch_for
+
+    a = arch_for(model)
+    assert all((f".{a.q}.lora_" in n) or (f".{a.v}.lora_" in n) for n in lora)
+    assert all(f".{a.ffn_out}.adapter." in n for n in adapter)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("method,options", [
+    ("lora", {"rank": 2, "layers": "1"}), ("houlsby", {"dim": 4, "layers": "0,2"}),
+    ("parallel", {"dim": 4}), ("bitfit", {"layers": "2"}), ("prefix", {"length": 2, "layers": "1", "mlp_dim": 8}),
+    ("prompt", {"length": 2}), ("ffn", {"layers": "1"}), ("head", {}),
+])
+def test_frozen_tensors_are_bit_identical_after_training(arch, method, options):
+    model = apply_petl(tiny_model(arch), [make_config(method, **options)])
+    model.train()
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    trained = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.01)
+    ids, mask = tiny_batch()
+    for _ in range(3):
+        out = model(input_ids=ids, attention_mask=mask, labels=torch.tensor([0, 1, 1]))
+        out.loss.backward()
+        opt.step()
+        opt.zero_grad()
+    params = dict(model.named_parameters())
+    assert all(torch.equal(params[n], t) for n, t in frozen.items())
+    changed = [n for n, t in trained.items() if not torch.equal(params[n], t)]
+    assert set(changed) == set(trained), set(trained) - set(changed)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_lora_merge_and_unmerge(arch):
+    base = tiny_model(arch)
+    model = apply_petl(clone(base), [make_config("lora", targets="q,k,v,o,ffn_in,ffn_out", rank=3)])
+    perturb(model)
+    weights = {n: p.clone() for n, p in model.named_parameters() if not p.requires_grad}
+    unmerged = logits(model)
+    assert merge_petl(model) == 6 * L
+    assert torch.allclose(logits(model), unmerged, atol=1e-5)
+    assert any(not torch.equal(p, weights[n]) for n, p in model.named_parameters() if n in weights)
+    assert unmerge_petl(model) == 6 * L
+    assert torch.allclose(logits(model), unmerged, atol=1e-5)
+    assert all(torch.allclose(p, weights[n], atol=1e-6) for n, p in model.named_parameters() if n in weights)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_save_and_load_round_trip_every_method(arch, tmp_path):
+    base = tiny_model(arch)
+    combos = [
+        [make_config("lora", rank=2, layers="0"), make_config("adapter", dim=4, layers="2", style="parallel")],
+        [make_config("houlsby", dim=4), make_config("bitfit", layers="1")],
+        [make_config("prefix", length=2, layers="1,2", mlp_dim=4)],
+        [make_config("prompt", length=3, position="start")],
+        [make_config("ffn", layers="2", include_layernorm=True)],
+        [make_config("full")],
+    ]
+    for i, methods in enumerate(combos):
+        model = apply_petl(clone(base), methods)
+        perturb(model, seed=i)
+        save_petl(model, tmp_path / str(i))
+        restored = load_petl(clone(base), tmp_path / str(i))
+        assert [c.to_dict() for c in restored.petl_methods] == [c.to_dict() for c in methods]
+        assert torch.allclose(logits(restored), logits(model), atol=1e-6), methods
+
+
+def test_prefix_mlp_can_be_dropped_after_training():
+    model = apply_petl(tiny_model("bert"), [make_config("prefix", length=2, mlp_dim=8)])
+    perturb(model)
+    before = logits(model)
+    for m in model.modules():
+        if hasattr(m, "drop_mlp"):
+            m.drop_mlp()
+    assert torch.allclose(logits(model), before, atol=1e-6)
+
+
+def test_combinations_and_conflicts():
+    model = apply_petl(tiny_model("bert"), [make_config("adapter", dim=8), make_config("lora")])
+    assert {m for m, _ in model.petl_owner.values()} == {"adapter", "lora", "head"}
+    for bad, match in [("full,lora", "cannot be combined"), ("head,lora", "cannot be combined"),
+                       ("houlsby,pfeiffer", "adapter presets"), ("lora,lora", "twice"), ("dora", "unknown")]:
+        with pytest.raises(PetlError, match=match):
+            apply_petl(tiny_model("bert"), bad)
+
+
+@pytest.mark.parametrize("method,options,match", [
+    ("lora", {"rank": 0}, "--lora_rank 0"),
+    ("lora", {"rank": 40}, "--lora_rank 40 is larger"),
+    ("lora", {"targets": "q,gate"}, "unknown target 'gate'"),
+    ("lora", {"layers": "3"}, "layer 3 is out of range"),
+    ("adapter", {"dim": 0}, "--adapter_dim 0"),
+    ("adapter", {"dim": 33}, "--adapter_dim 33 is larger"),
+    ("adapter", {"activation": "swiglu"}, "--adapter_activation"),
+    ("bitfit", {"targets": "q,z"}, "unknown target 'z'"),
+    ("prefix", {"length": 0}, "--prefix_length 0"),
+    ("prompt", {"length": 0}, "--prompt_length 0"),
+    ("ffn", {"layers": "0,7"}, "layer 7 is out of range"),
+])
+def test_bad_method_options_are_one_line_errors(method, options, match):
+    with pytest.raises(PetlError, match=match) as err:
+        apply_petl(tiny_model("bert"), [make_config(method, **options)])
+    assert "\n" not in str(err.value)
+
+
+def test_flags_of_unselected_methods_are_rejected():
+    with pytest.raises(PetlError, match="--lora_rank was given but --method 'adapter'"):
+        PetlArguments(method="adapter", lora_rank=4).method_configs()
+    with pytest.raises(PetlError, match="conflicts with --method houlsby"):
+        PetlArguments(method="houlsby", adapter_style="parallel").method_configs()
+    cfgs = PetlArguments(method="adapter,lora", adapter_layers="5", lora_layers="10", lora_rank=4).method_configs()
+    assert [(c.method, c.layers) for c in cfgs] == [("adapter", "5"), ("lora", "10")] and cfgs[1].rank == 4
