@@ -70,7 +70,7 @@ def load_data(data_args, training_args):
     if any(custom.values()):
         if not data_args.text_columns and not task:
             raise PetlError("custom data files need --text_columns (one or two column names)")
-        cols = (data_args.text_columns.split(",") if data_args.text_columns else list(task.hub_text_columns))
+        cols = data_args.text_columns.split(",") if data_args.text_columns else list(task.hub_text_columns)
         labels = LabelSpace(None if task.labels is None else list(task.labels)) if task else None
         raw, labels = load_custom_files(custom, [c.strip() for c in cols], data_args.label_column, labels)
         return task, raw, labels, ("validation",), ("test",)
@@ -98,8 +98,7 @@ def write_predictions(out_dir: Path, task, labels, name: str, preds: np.ndarray,
     return path
 
 
-def run(model_args: ModelArguments, data_args: DataArguments, petl_args: PetlArguments,
-        training_args: PetlTrainingArguments) -> dict:
+def run(model_args: ModelArguments, data_args: DataArguments, petl_args: PetlArguments, training_args: PetlTrainingArguments) -> dict:
     import torch
     import transformers
     from transformers import DataCollatorWithPadding, set_seed
@@ -135,15 +134,29 @@ def run(model_args: ModelArguments, data_args: DataArguments, petl_args: PetlArg
 
     task, raw, labels, dev_names, test_names = load_data(data_args, training_args)
     task_name = task.name if task else None
-    plan = plan_splits(raw, dev_names, test_names, data_args.split_mode, data_args.split_seed,
-                       data_args.max_train_samples, data_args.train_fraction, data_args.max_eval_samples)
+    plan = plan_splits(
+        raw,
+        dev_names,
+        test_names,
+        data_args.split_mode,
+        data_args.split_seed,
+        data_args.max_train_samples,
+        data_args.train_fraction,
+        data_args.max_eval_samples,
+    )
 
     set_seed(training_args.seed)
     model_path = resolve_model_path(model_args.model_name_or_path)
     tokenizer = load_tokenizer(model_path)
-    model = load_model(model_path, labels.num_labels, model_args.pooler_type, model_args.num_hidden_layers,
-                       seed=training_args.seed, id2label=None if labels.is_regression else dict(enumerate(labels.names)),
-                       classifier_dropout=model_args.classifier_dropout)
+    model = load_model(
+        model_path,
+        labels.num_labels,
+        model_args.pooler_type,
+        model_args.num_hidden_layers,
+        seed=training_args.seed,
+        id2label=None if labels.is_regression else dict(enumerate(labels.names)),
+        classifier_dropout=model_args.classifier_dropout,
+    )
     if petl_args.load_petl:
         load_petl(model, petl_args.load_petl)
     else:
@@ -186,8 +199,13 @@ def run(model_args: ModelArguments, data_args: DataArguments, petl_args: PetlArg
         train_metrics = dict(train_out.metrics)
         best.active = False
         if best.restore_best():
-            logger.info("restored the best state: %s=%.4f at step %s (epoch %.2f)", best.metric_key, best.best_value,
-                        best.best_step, best.best_epoch or 0)
+            logger.info(
+                "restored the best state: %s=%.4f at step %s (epoch %.2f)",
+                best.metric_key,
+                best.best_value,
+                best.best_step,
+                best.best_epoch or 0,
+            )
         elif trainer.args.eval_strategy != "no":
             logger.warning("no evaluation produced %s; keeping the final state", best.metric_key)
     best.active = False
@@ -199,8 +217,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, petl_args: PetlArg
             eval_metrics[name] = {k.removeprefix(f"{name}_"): v for k, v in m.items()}
 
     if training_args.do_train and trainer.is_world_process_zero():
-        save_petl(model, out_dir, extra={"model_name_or_path": model_args.model_name_or_path,
-                                         "pooler_type": model_args.pooler_type})
+        save_petl(model, out_dir, extra={"model_name_or_path": model_args.model_name_or_path, "pooler_type": model_args.pooler_type})
         if petl_args.export_peft:
             from petl.peft_export import export_peft
 

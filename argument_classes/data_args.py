@@ -6,9 +6,7 @@ from dataclasses import dataclass, field
 
 @dataclass
 class DataArguments:
-    task_name: str | None = field(
-        default=None, metadata={"help": "GLUE task: cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli."}
-    )
+    task_name: str | None = field(default=None, metadata={"help": "GLUE task: cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli."})
     glue_dir: str | None = field(
         default_factory=lambda: os.environ.get("GLUE_DIR"),
         metadata={"help": "Folder in the classic GLUE layout (<TASK>/<split>.tsv); default $GLUE_DIR, else the hub."},
@@ -16,9 +14,7 @@ class DataArguments:
     train_file: str | None = field(default=None, metadata={"help": "csv/tsv/json(l) training file (custom data)."})
     validation_file: str | None = field(default=None, metadata={"help": "csv/tsv/json(l) validation file."})
     test_file: str | None = field(default=None, metadata={"help": "csv/tsv/json(l) test file (labels optional)."})
-    text_columns: str | None = field(
-        default=None, metadata={"help": "One or two comma-separated text columns of the custom files."}
-    )
+    text_columns: str | None = field(default=None, metadata={"help": "One or two comma-separated text columns of the custom files."})
     label_column: str = field(default="label", metadata={"help": "Label column of the custom files."})
     split_mode: str = field(
         default="heldout",

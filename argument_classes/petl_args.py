@@ -40,9 +40,7 @@ class PetlArguments:
     adapter_init: str = field(default="identity", metadata={"help": "identity (zero up-projection) or default."})
     adapter_layers: str = field(default="all", metadata={"help": "Layers that get adapters."})
     # bitfit
-    bitfit_targets: str = field(
-        default="q,k,v,o,ffn_in,ffn_out,attn_ln,ffn_ln", metadata={"help": "Biases that get a trained delta."}
-    )
+    bitfit_targets: str = field(default="q,k,v,o,ffn_in,ffn_out,attn_ln,ffn_ln", metadata={"help": "Biases that get a trained delta."})
     bitfit_layers: str = field(default="all", metadata={"help": "Layers that get BitFit."})
     # prefix tuning
     prefix_length: int = field(default=10, metadata={"help": "Number of prefix key/value vectors per layer."})
@@ -55,9 +53,7 @@ class PetlArguments:
     prompt_length: int = field(default=10, metadata={"help": "Number of soft prompt tokens."})
     prompt_init: str = field(default="random", metadata={"help": "random, vocab, or text."})
     prompt_init_text: str = field(default="", metadata={"help": "Text whose token embeddings initialise prompts."})
-    prompt_position: str = field(
-        default="after_cls", metadata={"help": "after_cls: after the first token; start: before it (as PEFT)."}
-    )
+    prompt_position: str = field(default="after_cls", metadata={"help": "after_cls: after the first token; start: before it (as PEFT)."})
 
     def method_names(self) -> list[str]:
         from petl.core import parse_methods, validate_combination

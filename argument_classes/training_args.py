@@ -12,20 +12,12 @@ class PetlTrainingArguments(TrainingArguments):
     Defaults differ from HF where a study needs it: evaluate every epoch, no full-model
     checkpoints (the best trained state is kept in memory), no external loggers."""
 
-    output_dir: str | None = field(
-        default=None, metadata={"help": "Run folder; default outputs/<task>-<model>-<method>-s<seed>."}
-    )
-    overwrite_output_dir: bool = field(
-        default=False, metadata={"help": "Allow replacing the results of an earlier run in output_dir."}
-    )
+    output_dir: str | None = field(default=None, metadata={"help": "Run folder; default outputs/<task>-<model>-<method>-s<seed>."})
+    overwrite_output_dir: bool = field(default=False, metadata={"help": "Allow replacing the results of an earlier run in output_dir."})
     head_lr: float | None = field(default=None, metadata={"help": "Learning rate of the classification head."})
     petl_lr: float | None = field(default=None, metadata={"help": "Learning rate of parameters added by a method."})
-    early_stopping_patience: int | None = field(
-        default=None, metadata={"help": "Stop after this many evaluations without improvement."}
-    )
-    results_file: str | None = field(
-        default=None, metadata={"help": "Append the results record as one JSON line to this file."}
-    )
+    early_stopping_patience: int | None = field(default=None, metadata={"help": "Stop after this many evaluations without improvement."})
+    results_file: str | None = field(default=None, metadata={"help": "Append the results record as one JSON line to this file."})
     eval_strategy: str = field(default="epoch", metadata={"help": "When to evaluate on validation (HF)."})
     save_strategy: str = field(default="no", metadata={"help": "Checkpoints (delta-only for PETL methods)."})
     logging_steps: float = field(default=50, metadata={"help": "Log every N steps."})

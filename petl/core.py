@@ -35,7 +35,7 @@ def _layers_prefix(model: nn.Module) -> str:
 def layer_of_parameter(model: nn.Module, name: str) -> int | None:
     prefix = _layers_prefix(model)
     if name.startswith(prefix):
-        return int(name[len(prefix):].split(".", 1)[0])
+        return int(name[len(prefix) :].split(".", 1)[0])
     return None
 
 
@@ -124,12 +124,14 @@ def trainable_summary(model: nn.Module) -> dict[str, Any]:
         rows[key] = rows.get(key, 0) + params[name].numel()
     table = []
     for (method, layer), count in sorted(rows.items(), key=lambda kv: (kv[0][0] == "head", kv[0][0], -1 if kv[0][1] is None else kv[0][1])):
-        table.append({
-            "method": method,
-            "layer": layer,
-            "parameters": count,
-            "share_of_backbone": count / backbone_total,
-        })
+        table.append(
+            {
+                "method": method,
+                "layer": layer,
+                "parameters": count,
+                "share_of_backbone": count / backbone_total,
+            }
+        )
     trainable = sum(p.numel() for p in params.values() if p.requires_grad)
     head_count = sum(params[n].numel() for n in head)
     return {

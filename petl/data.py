@@ -184,6 +184,7 @@ def _read_table(path: str) -> list[dict]:
 
 def _infer_labels(values: list) -> LabelSpace:
     """Floats with fractional parts mean regression; anything else is a class label (sorted)."""
+
     def as_float(v):
         try:
             return float(v)
@@ -217,8 +218,11 @@ def load_custom_files(
             if col not in rows[0]:
                 raise PetlError(f"column {col!r} missing in {files[split]!r}; columns: {', '.join(rows[0])}")
         has_label = label_column in rows[0] and split != "test"
-        norm = (lambda v: str(int(float(v)))) if labels is not None and labels.names and all(
-            n.lstrip("-").isdigit() for n in labels.names) else str
+        norm = (
+            (lambda v: str(int(float(v))))
+            if labels is not None and labels.names and all(n.lstrip("-").isdigit() for n in labels.names)
+            else str
+        )
         ys = None
         if has_label:
             ys = [

@@ -280,8 +280,6 @@ def _from_pretrained(model_path: str, config, pooler_type: str, classifier_dropo
             dropout = getattr(config, "classifier_dropout", None) or getattr(config, "hidden_dropout_prob", 0.1)
         model = PooledClassifier(backbone, num_labels, pooler_type, dropout)
         info = dict(info)
-        info["missing_keys"] = [f"backbone.{k}" for k in info["missing_keys"]] + [
-            n for n, _ in model.head.named_parameters(prefix="head")
-        ]
+        info["missing_keys"] = [f"backbone.{k}" for k in info["missing_keys"]] + [n for n, _ in model.head.named_parameters(prefix="head")]
         return model, info
     raise PetlError(f"--pooler_type {pooler_type!r} is not one of model, cls, avg, last")

@@ -32,8 +32,9 @@ def no_decay_parameter_names(model: nn.Module) -> set[str]:
     return names
 
 
-def build_param_groups(model: nn.Module, learning_rate: float, weight_decay: float,
-                       head_lr: float | None, petl_lr: float | None) -> list[dict]:
+def build_param_groups(
+    model: nn.Module, learning_rate: float, weight_decay: float, head_lr: float | None, petl_lr: float | None
+) -> list[dict]:
     """Groups: head, method parameters (new), other trainable weights; each split by decay."""
     owner = _owner(model)
     no_decay = no_decay_parameter_names(model)
@@ -47,13 +48,15 @@ def build_param_groups(model: nn.Module, learning_rate: float, weight_decay: flo
     lrs = {"head": head_lr or learning_rate, "petl": petl_lr or learning_rate, "other": learning_rate}
     out = []
     for (kind, decay), items in sorted(groups.items()):
-        out.append({
-            "params": [p for _, p in items],
-            "lr": lrs[kind],
-            "weight_decay": weight_decay if decay else 0.0,
-            "group_name": f"{kind}{'' if decay else '/no_decay'}",
-            "num_parameters": sum(p.numel() for _, p in items),
-        })
+        out.append(
+            {
+                "params": [p for _, p in items],
+                "lr": lrs[kind],
+                "weight_decay": weight_decay if decay else 0.0,
+                "group_name": f"{kind}{'' if decay else '/no_decay'}",
+                "num_parameters": sum(p.numel() for _, p in items),
+            }
+        )
     return out
 
 
@@ -66,8 +69,14 @@ class PetlTrainer(Trainer):
             args = self.args
             groups = build_param_groups(opt_model, args.learning_rate, args.weight_decay, args.head_lr, args.petl_lr)
             for g in groups:
-                logger.info("param group %-16s lr=%.2e weight_decay=%.3g tensors=%d parameters=%d",
-                            g["group_name"], g["lr"], g["weight_decay"], len(g["params"]), g["num_parameters"])
+                logger.info(
+                    "param group %-16s lr=%.2e weight_decay=%.3g tensors=%d parameters=%d",
+                    g["group_name"],
+                    g["lr"],
+                    g["weight_decay"],
+                    len(g["params"]),
+                    g["num_parameters"],
+                )
             optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(args, opt_model)
             optimizer_kwargs.pop("lr", None)
             clean = [{k: v for k, v in g.items() if k != "num_parameters"} for g in groups]

@@ -13,8 +13,15 @@ from transformers import AutoModelForSequenceClassification, BertConfig, MPNetCo
 REPO = Path(__file__).resolve().parent.parent
 GLUE_DIR = Path(os.environ.get("GLUE_DIR", REPO.parent / "shared" / "data" / "glue"))
 
-TINY = dict(vocab_size=120, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64,
-            max_position_embeddings=64, num_labels=2)
+TINY = dict(
+    vocab_size=120,
+    hidden_size=32,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    intermediate_size=64,
+    max_position_embeddings=64,
+    num_labels=2,
+)
 CONFIGS = {"bert": BertConfig, "roberta": RobertaConfig, "mpnet": MPNetConfig}
 
 
@@ -36,8 +43,8 @@ def tiny_batch(seed: int = 1, batch: int = 3, length: int = 9):
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(5, TINY["vocab_size"], (batch, length), generator=g)
     mask = torch.ones(batch, length, dtype=torch.long)
-    mask[1, length - 3:] = 0  # one padded row
-    ids[1, length - 3:] = 0
+    mask[1, length - 3 :] = 0  # one padded row
+    ids[1, length - 3 :] = 0
     return ids, mask
 
 

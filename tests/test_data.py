@@ -100,8 +100,9 @@ def test_subsampling_is_seeded_and_empty_is_an_error():
 def test_custom_files_classification_and_regression(tmp_path):
     (tmp_path / "train.csv").write_text("a,b,y\nhello,world,pos\nfoo,bar,neg\nx,y,pos\n")
     (tmp_path / "dev.jsonl").write_text("\n".join(json.dumps({"a": "q", "b": "r", "y": "neg"}) for _ in range(2)))
-    raw, labels = load_custom_files({"train": str(tmp_path / "train.csv"), "validation": str(tmp_path / "dev.jsonl")},
-                                    ["a", "b"], "y", None)
+    raw, labels = load_custom_files(
+        {"train": str(tmp_path / "train.csv"), "validation": str(tmp_path / "dev.jsonl")}, ["a", "b"], "y", None
+    )
     assert labels.names == ["neg", "pos"] and raw["train"].labels == [1, 0, 1] and raw["validation"].labels == [0, 0]
     (tmp_path / "reg.tsv").write_text("s\tscore\nab\t0.5\ncd\t4.25\n")
     raw, labels = load_custom_files({"train": str(tmp_path / "reg.tsv")}, ["s"], "score", None)

@@ -6,8 +6,17 @@ from petl.layers import parse_layers
 
 @pytest.mark.parametrize(
     "spec,expected",
-    [("5", [5]), ("0,3,7", [0, 3, 7]), ("8-11", [8, 9, 10, 11]), ("all", list(range(12))), (None, list(range(12))),
-     ("0,4-5", [0, 4, 5]), ("-1", [11]), (3, [3]), ("3,3", [3])],
+    [
+        ("5", [5]),
+        ("0,3,7", [0, 3, 7]),
+        ("8-11", [8, 9, 10, 11]),
+        ("all", list(range(12))),
+        (None, list(range(12))),
+        ("0,4-5", [0, 4, 5]),
+        ("-1", [11]),
+        (3, [3]),
+        ("3,3", [3]),
+    ],
 )
 def test_layer_specs(spec, expected):
     assert parse_layers(spec, 12) == expected

@@ -65,8 +65,6 @@ def test_prefix_and_prompt_change_logits_only_through_their_parameters(arch):
         assert all(torch.equal(before[n], p) for n, p in model.named_parameters() if n in before)
 
 
-
-
 @pytest.mark.parametrize("arch", ARCHS)
 def test_parameter_counts_equal_the_formula(arch):
     base = tiny_model(arch)
@@ -94,8 +92,16 @@ def test_parameter_counts_equal_the_formula(arch):
 
 
 def test_adapterhub_preset_counts_on_roberta_base():
-    cfg = RobertaConfig(vocab_size=50265, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-                        intermediate_size=3072, max_position_embeddings=514, type_vocab_size=1, num_labels=2)
+    cfg = RobertaConfig(
+        vocab_size=50265,
+        hidden_size=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        intermediate_size=3072,
+        max_position_embeddings=514,
+        type_vocab_size=1,
+        num_labels=2,
+    )
     base = AutoModelForSequenceClassification.from_config(cfg)
     expected = {"pfeiffer": 894_528, "houlsby": 1_789_056}  # AdapterHub, reduction factor 16 (dim 48)
     for method, count in expected.items():
@@ -105,8 +111,9 @@ def test_adapterhub_preset_counts_on_roberta_base():
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_only_chosen_layers_and_targets_get_parameters(arch):
-    model = apply_petl(tiny_model(arch), [make_config("lora", targets="q,v", rank=2, layers="1"),
-                                          make_config("adapter", dim=4, layers="2")])
+    model = apply_petl(
+        tiny_model(arch), [make_config("lora", targets="q,v", rank=2, layers="1"), make_config("adapter", dim=4, layers="2")]
+    )
     owner = model.petl_owner
     lora = {n for n, (m, _) in owner.items() if m == "lora"}
     adapter = {n for n, (m, _) in owner.items() if m == "adapter"}
@@ -120,11 +127,19 @@ def test_only_chosen_layers_and_targets_get_parameters(arch):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize("method,options", [
-    ("lora", {"rank": 2, "layers": "1"}), ("houlsby", {"dim": 4, "layers": "0,2"}),
-    ("parallel", {"dim": 4}), ("bitfit", {"layers": "2"}), ("prefix", {"length": 2, "layers": "1", "mlp_dim": 8}),
-    ("prompt", {"length": 2}), ("ffn", {"layers": "1"}), ("head", {}),
-])
+@pytest.mark.parametrize(
+    "method,options",
+    [
+        ("lora", {"rank": 2, "layers": "1"}),
+        ("houlsby", {"dim": 4, "layers": "0,2"}),
+        ("parallel", {"dim": 4}),
+        ("bitfit", {"layers": "2"}),
+        ("prefix", {"length": 2, "layers": "1", "mlp_dim": 8}),
+        ("prompt", {"length": 2}),
+        ("ffn", {"layers": "1"}),
+        ("head", {}),
+    ],
+)
 def test_frozen_tensors_are_bit_identical_after_training(arch, method, options):
     model = apply_petl(tiny_model(arch), [make_config(method, **options)])
     model.train()
@@ -191,25 +206,33 @@ def test_prefix_mlp_can_be_dropped_after_training():
 def test_combinations_and_conflicts():
     model = apply_petl(tiny_model("bert"), [make_config("adapter", dim=8), make_config("lora")])
     assert {m for m, _ in model.petl_owner.values()} == {"adapter", "lora", "head"}
-    for bad, match in [("full,lora", "cannot be combined"), ("head,lora", "cannot be combined"),
-                       ("houlsby,pfeiffer", "adapter presets"), ("lora,lora", "twice"), ("dora", "unknown")]:
+    for bad, match in [
+        ("full,lora", "cannot be combined"),
+        ("head,lora", "cannot be combined"),
+        ("houlsby,pfeiffer", "adapter presets"),
+        ("lora,lora", "twice"),
+        ("dora", "unknown"),
+    ]:
         with pytest.raises(PetlError, match=match):
             apply_petl(tiny_model("bert"), bad)
 
 
-@pytest.mark.parametrize("method,options,match", [
-    ("lora", {"rank": 0}, "--lora_rank 0"),
-    ("lora", {"rank": 40}, "--lora_rank 40 is larger"),
-    ("lora", {"targets": "q,gate"}, "unknown target 'gate'"),
-    ("lora", {"layers": "3"}, "layer 3 is out of range"),
-    ("adapter", {"dim": 0}, "--adapter_dim 0"),
-    ("adapter", {"dim": 33}, "--adapter_dim 33 is larger"),
-    ("adapter", {"activation": "swiglu"}, "--adapter_activation"),
-    ("bitfit", {"targets": "q,z"}, "unknown target 'z'"),
-    ("prefix", {"length": 0}, "--prefix_length 0"),
-    ("prompt", {"length": 0}, "--prompt_length 0"),
-    ("ffn", {"layers": "0,7"}, "layer 7 is out of range"),
-])
+@pytest.mark.parametrize(
+    "method,options,match",
+    [
+        ("lora", {"rank": 0}, "--lora_rank 0"),
+        ("lora", {"rank": 40}, "--lora_rank 40 is larger"),
+        ("lora", {"targets": "q,gate"}, "unknown target 'gate'"),
+        ("lora", {"layers": "3"}, "layer 3 is out of range"),
+        ("adapter", {"dim": 0}, "--adapter_dim 0"),
+        ("adapter", {"dim": 33}, "--adapter_dim 33 is larger"),
+        ("adapter", {"activation": "swiglu"}, "--adapter_activation"),
+        ("bitfit", {"targets": "q,z"}, "unknown target 'z'"),
+        ("prefix", {"length": 0}, "--prefix_length 0"),
+        ("prompt", {"length": 0}, "--prompt_length 0"),
+        ("ffn", {"layers": "0,7"}, "layer 7 is out of range"),
+    ],
+)
 def test_bad_method_options_are_one_line_errors(method, options, match):
     with pytest.raises(PetlError, match=match) as err:
         apply_petl(tiny_model("bert"), [make_config(method, **options)])

@@ -32,8 +32,11 @@ def _copy_head(ours, theirs):
     with torch.no_grad():
         for name, (method, _) in ours.petl_owner.items():
             if method == "head":
-                target = [p for n, p in theirs_params.items() if n.endswith(name) or n.endswith(
-                    name.replace("classifier.", "classifier.modules_to_save.default."))]
+                target = [
+                    p
+                    for n, p in theirs_params.items()
+                    if n.endswith(name) or n.endswith(name.replace("classifier.", "classifier.modules_to_save.default."))
+                ]
                 for t in target:
                     t.copy_(dict(ours.named_parameters())[name])
 
@@ -80,8 +83,8 @@ def test_prefix_with_shifted_positions_equals_peft_prefix_tuning():
         with torch.no_grad():
             for layer in range(L):
                 prefix = model.bert.encoder.layer[layer].attention.self.prefix
-                prefix.key.copy_(table[:, (2 * layer) * H:(2 * layer + 1) * H])
-                prefix.value.copy_(table[:, (2 * layer + 1) * H:(2 * layer + 2) * H])
+                prefix.key.copy_(table[:, (2 * layer) * H : (2 * layer + 1) * H])
+                prefix.value.copy_(table[:, (2 * layer + 1) * H : (2 * layer + 2) * H])
     _copy_head(ours, theirs)
     _copy_head(ours, shifted_default)
     assert torch.allclose(logits(ours), logits(theirs), atol=1e-5)

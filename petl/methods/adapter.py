@@ -113,14 +113,42 @@ def apply_adapter(model: nn.Module, config: AdapterConfig) -> dict[str, int | No
     return owned
 
 
-register(MethodEntry("adapter", AdapterConfig, apply_adapter, flag_prefix="adapter",
-                     description="bottleneck adapters, serial or parallel, after attention and/or FFN"))
-register(MethodEntry("houlsby", AdapterConfig, apply_adapter, flag_prefix="adapter",
-                     preset={"style": "serial", "placement": "attn,ffn"},
-                     description="Houlsby adapters: serial, after attention and after FFN"))
-register(MethodEntry("pfeiffer", AdapterConfig, apply_adapter, flag_prefix="adapter",
-                     preset={"style": "serial", "placement": "ffn"},
-                     description="Pfeiffer adapters: serial, after FFN"))
-register(MethodEntry("parallel", AdapterConfig, apply_adapter, flag_prefix="adapter",
-                     preset={"style": "parallel", "placement": "ffn"},
-                     description="parallel FFN adapter (He et al. 2022)"))
+register(
+    MethodEntry(
+        "adapter",
+        AdapterConfig,
+        apply_adapter,
+        flag_prefix="adapter",
+        description="bottleneck adapters, serial or parallel, after attention and/or FFN",
+    )
+)
+register(
+    MethodEntry(
+        "houlsby",
+        AdapterConfig,
+        apply_adapter,
+        flag_prefix="adapter",
+        preset={"style": "serial", "placement": "attn,ffn"},
+        description="Houlsby adapters: serial, after attention and after FFN",
+    )
+)
+register(
+    MethodEntry(
+        "pfeiffer",
+        AdapterConfig,
+        apply_adapter,
+        flag_prefix="adapter",
+        preset={"style": "serial", "placement": "ffn"},
+        description="Pfeiffer adapters: serial, after FFN",
+    )
+)
+register(
+    MethodEntry(
+        "parallel",
+        AdapterConfig,
+        apply_adapter,
+        flag_prefix="adapter",
+        preset={"style": "parallel", "placement": "ffn"},
+        description="parallel FFN adapter (He et al. 2022)",
+    )
+)

@@ -53,5 +53,8 @@ def apply_bitfit(model: nn.Module, config: BitfitConfig) -> dict[str, int | None
     return owned
 
 
-register(MethodEntry("bitfit", BitfitConfig, apply_bitfit, flag_prefix="bitfit",
-                     description="trained bias deltas of chosen projections and LayerNorms"))
+register(
+    MethodEntry(
+        "bitfit", BitfitConfig, apply_bitfit, flag_prefix="bitfit", description="trained bias deltas of chosen projections and LayerNorms"
+    )
+)

@@ -32,5 +32,13 @@ def apply_ffn(model: nn.Module, config: FfnConfig) -> dict[str, int | None]:
     return owned
 
 
-register(MethodEntry("ffn", FfnConfig, apply_ffn, flag_prefix="ffn", new_parameters=False,
-                     description="train only the FFN (two projections, optionally its LayerNorm) of chosen layers"))
+register(
+    MethodEntry(
+        "ffn",
+        FfnConfig,
+        apply_ffn,
+        flag_prefix="ffn",
+        new_parameters=False,
+        description="train only the FFN (two projections, optionally its LayerNorm) of chosen layers",
+    )
+)

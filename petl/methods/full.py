@@ -33,7 +33,25 @@ def apply_head(model: nn.Module, config: HeadConfig) -> dict[str, int | None]:
     return {}  # the head is trainable for every method; nothing else trains
 
 
-register(MethodEntry("full", FullConfig, apply_full, flag_prefix="full", new_parameters=False, exclusive=True,
-                     description="full fine-tuning: every weight trains"))
-register(MethodEntry("head", HeadConfig, apply_head, flag_prefix="head", new_parameters=False, exclusive=True,
-                     description="frozen backbone, only the classification head trains (the 'raw' baseline)"))
+register(
+    MethodEntry(
+        "full",
+        FullConfig,
+        apply_full,
+        flag_prefix="full",
+        new_parameters=False,
+        exclusive=True,
+        description="full fine-tuning: every weight trains",
+    )
+)
+register(
+    MethodEntry(
+        "head",
+        HeadConfig,
+        apply_head,
+        flag_prefix="head",
+        new_parameters=False,
+        exclusive=True,
+        description="frozen backbone, only the classification head trains (the 'raw' baseline)",
+    )
+)

@@ -90,5 +90,8 @@ def merge_lora(model: nn.Module, merge: bool = True) -> int:
     return changed
 
 
-register(MethodEntry("lora", LoraConfig, apply_lora, flag_prefix="lora",
-                     description="low-rank updates of chosen projections (q,k,v,o,ffn_in,ffn_out)"))
+register(
+    MethodEntry(
+        "lora", LoraConfig, apply_lora, flag_prefix="lora", description="low-rank updates of chosen projections (q,k,v,o,ffn_in,ffn_out)"
+    )
+)

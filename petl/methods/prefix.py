@@ -170,5 +170,4 @@ def apply_prefix(model: nn.Module, config: PrefixConfig) -> dict[str, int | None
     return owned
 
 
-register(MethodEntry("prefix", PrefixConfig, apply_prefix, flag_prefix="prefix",
-                     description="learned key/value prefixes at chosen layers"))
+register(MethodEntry("prefix", PrefixConfig, apply_prefix, flag_prefix="prefix", description="learned key/value prefixes at chosen layers"))

@@ -101,5 +101,4 @@ def apply_prompt(model: nn.Module, config: PromptConfig) -> dict[str, int | None
     return owned_parameters(model, model, None, ("soft_prompt",))
 
 
-register(MethodEntry("prompt", PromptConfig, apply_prompt, flag_prefix="prompt",
-                     description="soft prompt tokens at the input embeddings"))
+register(MethodEntry("prompt", PromptConfig, apply_prompt, flag_prefix="prompt", description="soft prompt tokens at the input embeddings"))
