@@ -81,20 +81,40 @@ def load_data(data_args, training_args):
     return task, raw, labels, task.dev_splits, task.test_splits
 
 
+def adopt_saved_model_settings(saved: dict, model_args: ModelArguments) -> None:
+    """A saved delta fixes the base model, pooler and depth: take them unless the user gave others."""
+    defaults = ModelArguments()
+    for field, key in (
+        ("model_name_or_path", "model_name_or_path"),
+        ("pooler_type", "pooler_type"),
+        ("num_hidden_layers", "num_hidden_layers"),
+    ):
+        if key not in saved:
+            continue
+        given = getattr(model_args, field)
+        if given == getattr(defaults, field):
+            setattr(model_args, field, saved[key])
+        elif given != saved[key]:
+            raise PetlError(f"--{field} {given!r} differs from the saved delta's {saved[key]!r} (--load_petl)")
+
+
 def write_predictions(out_dir: Path, task, labels, name: str, preds: np.ndarray, ids: list) -> Path:
-    """GLUE submission format: `index<TAB>prediction`, one file per test set."""
-    file_names = {"test": None, "test_matched": "MNLI-m", "test_mismatched": "MNLI-mm"}
+    """GLUE submission format: `index<TAB>prediction`, one file per test set, written atomically."""
+    from petl.results import write_text_atomic
+
+    file_names = {"test_matched": "MNLI-m", "test_mismatched": "MNLI-mm"}
     stem = file_names.get(name) or (task.submission_name if task else name)
+    lines = ["index\tprediction"]
+    if labels.is_regression:
+        scores = np.asarray(preds, dtype=np.float64).reshape(-1)
+        if task is not None and task.name == "stsb":
+            scores = np.clip(scores, 0.0, 5.0)
+        lines += [f"{idx}\t{score:.3f}" for idx, score in zip(ids, scores, strict=True)]
+    else:
+        classes = np.asarray(preds).argmax(-1)  # GLUE's own label strings (0/1, entailment, ...)
+        lines += [f"{idx}\t{labels.names[int(c)]}" for idx, c in zip(ids, classes, strict=True)]
     path = out_dir / "predictions" / f"{stem}.tsv"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as fh:
-        fh.write("index\tprediction\n")
-        for idx, p in zip(ids, preds, strict=True):
-            if labels.is_regression:
-                value = f"{float(np.clip(p, 0.0, 5.0) if task and task.name == 'stsb' else p):.3f}"
-            else:
-                value = labels.names[int(np.argmax(p))]  # GLUE's own label strings (0/1, entailment, ...)
-            fh.write(f"{idx}\t{value}\n")
+    write_text_atomic(path, "\n".join(lines) + "\n")
     return path
 
 
@@ -115,6 +135,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, petl_args: PetlArg
     if petl_args.load_petl:
         saved = read_petl_config(petl_args.load_petl)
         petl_args.method = ",".join(m["method"] for m in saved["methods"])
+        adopt_saved_model_settings(saved, model_args)
         method_configs = None
     else:
         method_configs = petl_args.method_configs()
@@ -162,10 +183,10 @@ def run(model_args: ModelArguments, data_args: DataArguments, petl_args: PetlArg
     else:
         apply_petl(model, method_configs)
     summary = trainable_summary(model)
-    logger.info("parameter report\n%s", format_summary(summary))
     if petl_args.dry_run:
         print(format_summary(summary))
         return {"parameter_report": summary}
+    logger.info("parameter report\n%s", format_summary(summary))
 
     def encode(split):
         return tokenize_split(split, tokenizer, data_args.max_seq_length, data_args.pad_to_max_length, labels.is_regression)

@@ -21,3 +21,11 @@ class PetlTrainingArguments(TrainingArguments):
     eval_strategy: str = field(default="epoch", metadata={"help": "When to evaluate on validation (HF)."})
     save_strategy: str = field(default="no", metadata={"help": "Checkpoints (delta-only for PETL methods)."})
     logging_steps: float = field(default=50, metadata={"help": "Log every N steps."})
+    group_by_length: bool = field(
+        default=False, metadata={"help": "Batch examples of similar length (less padding); = --train_sampling_strategy group_by_length."}
+    )
+
+    def __post_init__(self):
+        if self.group_by_length:
+            self.train_sampling_strategy = "group_by_length"
+        super().__post_init__()

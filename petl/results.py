@@ -49,14 +49,18 @@ def peak_memory() -> dict[str, float]:
     return out
 
 
-def write_json_atomic(path: str | os.PathLike, record: dict) -> None:
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write to a temporary file beside `path`, then rename: readers never see half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     with os.fdopen(fd, "w") as fh:
-        json.dump(record, fh, indent=2, default=str)
-        fh.write("\n")
+        fh.write(text)
     os.replace(tmp, path)
+
+
+def write_json_atomic(path: str | os.PathLike, record: dict) -> None:
+    write_text_atomic(path, json.dumps(record, indent=2, default=str) + "\n")
 
 
 def append_jsonl(path: str | os.PathLike, record: dict) -> None:
