@@ -144,6 +144,8 @@ def run(model_args: ModelArguments, data_args: DataArguments, petl_args: PetlArg
         raise PetlError(f"--pooler_type {model_args.pooler_type!r} is not one of model, cls, avg, last")
     if data_args.split_mode not in ("official", "heldout"):
         raise PetlError(f"--split_mode {data_args.split_mode!r} is not one of official, heldout")
+    if training_args.cache_dtype not in ("float32", "bfloat16", "float16"):
+        raise PetlError(f"--cache_dtype {training_args.cache_dtype!r} is not one of float32, bfloat16, float16")
     if petl_args.export_peft and "lora" not in method_names:
         raise PetlError("--export_peft needs --method lora (PEFT's adapter format holds LoRA weights)")
     if not petl_args.load_petl:
@@ -193,6 +195,24 @@ def run(model_args: ModelArguments, data_args: DataArguments, petl_args: PetlArg
 
     train_ds = encode(plan.train)
     eval_ds = {name: encode(split) for name, split in plan.eval_sets.items()}
+    predict_ds = {name: encode(split) for name, split in plan.predict_sets.items()} if training_args.do_predict else {}
+    collator = DataCollatorWithPadding(tokenizer)
+    cache_info = None
+    if training_args.frozen_layers_eval_mode and not training_args.cache_frozen_layers:
+        from petl.cache import cache_start_layer, keep_frozen_bottom_in_eval_mode
+
+        keep_frozen_bottom_in_eval_mode(model, cache_start_layer(model))
+    if training_args.cache_frozen_layers:
+        from petl.cache import prepare_cached_datasets
+
+        named = {"train": train_ds, **eval_ds, **{f"predict/{k}": v for k, v in predict_ds.items()}}
+        tagged, collator, cache_info = prepare_cached_datasets(
+            model, named, collator, training_args.cache_dtype, training_args.cache_dir, training_args.per_device_eval_batch_size * 8
+        )
+        train_ds = tagged["train"]
+        eval_ds = {name: tagged[name] for name in eval_ds}
+        predict_ds = {name: tagged[f"predict/{name}"] for name in predict_ds}
+        training_args.remove_unused_columns = False  # the collator needs the cache index columns
 
     metric = training_args.metric_for_best_model or default_selection_metric(task_name, labels.is_regression)
     metric = metric.removeprefix("eval_")
@@ -208,7 +228,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, petl_args: PetlArg
         args=training_args,
         train_dataset=train_ds if training_args.do_train else None,
         eval_dataset=eval_ds["validation"],
-        data_collator=DataCollatorWithPadding(tokenizer),
+        data_collator=collator,
         processing_class=tokenizer,
         compute_metrics=compute_metrics,
         callbacks=[best],
@@ -247,7 +267,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, petl_args: PetlArg
     prediction_files = {}
     if training_args.do_predict:
         for name, split in plan.predict_sets.items():
-            pred = trainer.predict(encode(split), metric_key_prefix=name)
+            pred = trainer.predict(predict_ds[name], metric_key_prefix=name)
             if trainer.is_world_process_zero():
                 prediction_files[name] = str(write_predictions(out_dir, task, labels, name, pred.predictions, split.ids))
 
@@ -281,6 +301,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, petl_args: PetlArg
         "total_parameters": summary["total_parameters"],
         "parameter_report": summary["rows"],
         "new_parameters_initialised": getattr(model, "petl_new_parameters", []),
+        "frozen_layer_cache": cache_info,
         "train_runtime": train_metrics.get("train_runtime"),
         "train_samples_per_second": train_metrics.get("train_samples_per_second"),
         "train_loss": train_metrics.get("train_loss"),

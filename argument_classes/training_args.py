@@ -24,6 +24,21 @@ class PetlTrainingArguments(TrainingArguments):
     group_by_length: bool = field(
         default=False, metadata={"help": "Batch examples of similar length (less padding); = --train_sampling_strategy group_by_length."}
     )
+    cache_frozen_layers: bool = field(
+        default=False,
+        metadata={
+            "help": "Compute the hidden states entering the lowest trained layer once per data set and run only the "
+            "layers above (petl/cache.py). For methods at layers >= 1 and head; not full or prompt."
+        },
+    )
+    frozen_layers_eval_mode: bool = field(
+        default=False,
+        metadata={"help": "Run the frozen layers below the lowest trained one without dropout, as a cached run does."},
+    )
+    cache_dtype: str = field(default="float32", metadata={"help": "Storage type of the cache: float32, bfloat16 or float16."})
+    cache_dir: str | None = field(
+        default=None, metadata={"help": "Keep caches on disk (memory-mapped) here, reused across runs and seeds."}
+    )
 
     def __post_init__(self):
         if self.group_by_length:

@@ -8,12 +8,14 @@ from __future__ import annotations
 import logging
 import math
 import os
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 from torch import nn
 from transformers import Trainer, TrainerCallback
 
+from petl.cache import CACHE_INPUT, run_from_layer
 from petl.core import PETL_CONFIG_FILE, _owner, is_new_parameter, load_petl, save_petl
 
 logger = logging.getLogger(__name__)
@@ -82,6 +84,21 @@ class PetlTrainer(Trainer):
             clean = [{k: v for k, v in g.items() if k != "num_parameters"} for g in groups]
             self.optimizer = optimizer_cls(clean, lr=args.learning_rate, **optimizer_kwargs)
         return self.optimizer
+
+    def _from_cache(self, inputs: dict):
+        """Batches from a CachedCollator carry the states entering the first trained layer."""
+        hidden = inputs.pop(CACHE_INPUT, None)
+        if hidden is None:
+            return nullcontext()
+        return run_from_layer(self.model, self.model.petl_cache_start, hidden)
+
+    def compute_loss(self, model, inputs, *args, **kwargs):
+        with self._from_cache(inputs):
+            return super().compute_loss(model, inputs, *args, **kwargs)
+
+    def prediction_step(self, model, inputs, *args, **kwargs):
+        with self._from_cache(inputs):
+            return super().prediction_step(model, inputs, *args, **kwargs)
 
     def _is_petl_run(self) -> bool:
         methods = getattr(self.model, "petl_methods", None) or []

@@ -1,0 +1,419 @@
+"""Frozen-prefix activation cache: pay only for the part of the network a run trains.
+
+When every trainable parameter and every method hook sits at layer k or above, the hidden states
+entering layer k are a fixed function of the input. `build_cache` computes them once per data set
+(frozen layers in eval mode, no autograd) and stores each example at its real length, in memory or
+memory-mapped from `--cache_dir`. `run_from_layer` then runs the model's *own* forward with two
+temporary changes: the embeddings' output is replaced by the cached states, and the layer list is
+cut to layers k.. . Masks, position handling (MPNet's relative bias, ...) and every method hook run
+as usual; nothing architecture-specific is forked.
+
+Exactness: with a float32 cache, logits equal those of an uncached model whose layers below k run in
+eval mode (up to float rounding). An uncached run in train mode applies dropout in those layers;
+the cached run does not (the frozen bottom acts as a fixed feature extractor).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from petl.arch import arch_for, backbone_of, get_module, num_layers
+from petl.errors import PetlError
+
+logger = logging.getLogger(__name__)
+
+CACHE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# numpy has no bfloat16: 16-bit caches are stored as raw int16 words and viewed back
+_STORAGE_DTYPES = {"float32": np.float32, "bfloat16": np.int16, "float16": np.int16}
+CACHE_FORMAT_VERSION = 1
+SPLIT_COLUMN = "petl_cache_split"
+INDEX_COLUMN = "petl_cache_index"
+CACHE_INPUT = "cached_hidden_states"
+
+
+def cache_start_layer(model: nn.Module) -> int:
+    """Lowest layer holding a trainable parameter or method hook; refuses when that is the
+    embeddings (full fine-tuning, prompt tuning) or layer 0 (nothing below it to cache)."""
+    owner = getattr(model, "petl_owner", None)
+    if owner is None:
+        raise PetlError("--cache_frozen_layers needs PETL methods applied first")
+    below_layers = sorted({m for n, (m, layer) in owner.items() if layer is None and m != "head"})
+    if below_layers:
+        raise PetlError(
+            f"--cache_frozen_layers cannot be used with --method {','.join(below_layers)}: it trains parameters "
+            "outside the transformer layers (embeddings), so nothing below it is frozen"
+        )
+    layers = [layer for m, layer in owner.values() if layer is not None]
+    start = min(layers) if layers else num_layers(model)
+    if start == 0:
+        first = sorted({m for m, layer in owner.values() if layer == 0})
+        raise PetlError(
+            f"--cache_frozen_layers has nothing to cache: {','.join(first)} trains layer 0; "
+            "place the methods at layers >= 1 (e.g. --lora_layers 4-5) or drop the flag"
+        )
+    return start
+
+
+class _CachedStates(nn.Module):
+    """Stands in for the embeddings module: returns the cached states, computes nothing (no
+    embedding lookup, no dropout: the RNG stream matches an uncached run in eval mode below)."""
+
+    def __init__(self, hidden: torch.Tensor):
+        super().__init__()
+        self.hidden = hidden
+
+    def forward(self, input_ids=None, *args, **kwargs) -> torch.Tensor:
+        if input_ids is not None and input_ids.shape[:2] != self.hidden.shape[:2]:
+            raise PetlError(f"cached states have shape {tuple(self.hidden.shape[:2])}, the batch {tuple(input_ids.shape[:2])}")
+        return self.hidden
+
+
+def _child_slot(model: nn.Module, path: str) -> tuple[nn.Module, str]:
+    parent_path, _, attr = path.rpartition(".")
+    backbone = backbone_of(model)
+    return (get_module(backbone, parent_path) if parent_path else backbone), attr
+
+
+@contextmanager
+def run_from_layer(model: nn.Module, start: int, hidden: torch.Tensor):
+    """Inside the block, `model(**batch)` runs layers `start`.. on `hidden` (the states entering
+    layer `start`, padded like the batch) instead of the embeddings and the layers below."""
+    spec = arch_for(model)
+    layers_parent, layers_attr = _child_slot(model, spec.layers)
+    emb_parent, emb_attr = _child_slot(model, spec.embeddings)
+    full_layers = layers_parent._modules[layers_attr]
+    embeddings = emb_parent._modules[emb_attr]
+    param = next(model.parameters())
+    hidden = hidden.to(device=param.device, dtype=param.dtype)
+    layers_parent._modules[layers_attr] = nn.ModuleList(list(full_layers)[start:])
+    emb_parent._modules[emb_attr] = _CachedStates(hidden)
+    try:
+        yield
+    finally:
+        layers_parent._modules[layers_attr] = full_layers
+        emb_parent._modules[emb_attr] = embeddings
+
+
+def _eval_mode_pre_hook(module, args, kwargs):
+    module.eval()
+
+
+def keep_frozen_bottom_in_eval_mode(model: nn.Module, start: int) -> list:
+    """Run the embeddings and layers below `start` in eval mode (no dropout) even while the model
+    trains, as a cached run does: the uncached run to compare a cached one with."""
+    backbone = backbone_of(model)
+    spec = arch_for(model)
+    modules = [get_module(backbone, spec.embeddings), *list(get_module(backbone, spec.layers))[:start]]
+    return [m.register_forward_pre_hook(_eval_mode_pre_hook, with_kwargs=True) for m in modules]
+
+
+class _Captured(Exception):
+    def __init__(self, hidden: torch.Tensor):
+        self.hidden = hidden
+
+
+def _capture_hook(start: int, total: int):
+    """Pre-hook on layer `start` (or post-hook on the last layer when start == total) that stops
+    the forward and hands back the hidden states entering layer `start`."""
+    if start < total:
+
+        def pre(module, args, kwargs):
+            hidden = args[0] if args else kwargs["hidden_states"]
+            raise _Captured(hidden)
+
+        return pre
+
+    def post(module, args, output):
+        raise _Captured(output[0] if isinstance(output, tuple) else output)
+
+    return post
+
+
+@torch.no_grad()
+def compute_hidden_states(model: nn.Module, start: int, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """States entering layer `start` for one padded batch, frozen layers in eval mode."""
+    layers = get_module(backbone_of(model), arch_for(model).layers)
+    total = len(layers)
+    hook = _capture_hook(start, total)
+    if start < total:
+        handle = layers[start].register_forward_pre_hook(hook, with_kwargs=True)
+    else:
+        handle = layers[total - 1].register_forward_hook(hook)
+    was_training = model.training
+    model.eval()
+    try:
+        model(**{k: v for k, v in batch.items() if k != "labels"})
+    except _Captured as cap:
+        return cap.hidden
+    finally:
+        handle.remove()
+        model.train(was_training)
+    raise PetlError("internal: the forward finished without reaching the cache layer")
+
+
+@dataclass
+class HiddenStateCache:
+    """One data set's states entering layer `start`: a flat (sum of lengths, hidden) array plus
+    per-example offsets. `states` is a tensor in memory or a view of a memory-mapped file."""
+
+    states: torch.Tensor
+    offsets: np.ndarray  # (n + 1,) int64
+    start: int
+    dtype: str
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def nbytes(self) -> int:
+        return self.states.numel() * self.states.element_size()
+
+    def example(self, i: int) -> torch.Tensor:
+        return self.states[int(self.offsets[i]) : int(self.offsets[i + 1])]
+
+    def padded(self, indices: list[int], attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, L, hidden) float32 for a batch whose padding is `attention_mask` (B, L): each example's
+        states go to its real-token positions (right or left padding alike), zeros elsewhere.
+        Padding never reaches real tokens: the attention mask keeps it out of every real position."""
+        keep = attention_mask.bool()
+        out = torch.zeros(*keep.shape, self.states.shape[-1], dtype=torch.float32)
+        for row, i in enumerate(indices):
+            ex = self.example(i)
+            if ex.shape[0] != int(keep[row].sum()):
+                raise PetlError(f"cached example {i} has {ex.shape[0]} tokens, the batch row {int(keep[row].sum())}")
+            out[row, keep[row]] = ex.to(torch.float32)
+        return out
+
+
+def fingerprint(model: nn.Module, start: int, dataset, dtype: str) -> str:
+    """Identifies a cache: the frozen weights below `start` (and the embeddings), the hooks that
+    act there, the inputs, and the storage type. Any change gives another key."""
+    h = hashlib.sha256()
+    h.update(json.dumps({"v": CACHE_FORMAT_VERSION, "start": start, "dtype": dtype, "type": model.config.model_type}).encode())
+    layers_path = arch_for(model).layers
+    backbone = backbone_of(model)
+    for name, tensor in sorted(backbone.state_dict().items()):
+        if name.startswith(layers_path + "."):
+            if int(name[len(layers_path) + 1 :].split(".", 1)[0]) >= start:
+                continue
+        h.update(name.encode())
+        h.update(tensor.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
+    embeddings = get_module(backbone, arch_for(model).embeddings)
+    for hook in embeddings._forward_pre_hooks.values():  # e.g. prefix position shifts
+        h.update(repr(getattr(hook, "__qualname__", hook)).encode())
+        for cell in getattr(hook, "__closure__", None) or ():
+            h.update(repr(cell.cell_contents).encode())
+    for column in ("input_ids", "attention_mask", "token_type_ids"):
+        if column in dataset.column_names:
+            for row in dataset[column]:
+                h.update(np.asarray(row, dtype=np.int64).tobytes())
+                h.update(b"|")
+    return h.hexdigest()[:24]
+
+
+def _iter_batches(dataset, collator, batch_size: int):
+    lengths = np.array([len(x) for x in dataset["input_ids"]])
+    order = np.argsort(-lengths, kind="stable")  # similar lengths together: little padding
+    model_columns = [c for c in ("input_ids", "attention_mask", "token_type_ids") if c in dataset.column_names]
+    for lo in range(0, len(order), batch_size):
+        idx = order[lo : lo + batch_size].tolist()
+        rows = dataset.select(idx)
+        features = [{c: rows[i][c] for c in model_columns} for i in range(len(idx))]
+        yield idx, collator(features)
+
+
+def build_cache(
+    model: nn.Module,
+    start: int,
+    dataset,
+    collator,
+    dtype: str = "float32",
+    cache_dir: str | os.PathLike | None = None,
+    batch_size: int = 64,
+    name: str = "data",
+) -> HiddenStateCache:
+    """States entering layer `start` for every example of `dataset` (a tokenised datasets.Dataset).
+    With `cache_dir`, reuse a complete cache of the same fingerprint or write one atomically."""
+    if dtype not in CACHE_DTYPES:
+        raise PetlError(f"--cache_dtype {dtype!r} is not one of {', '.join(CACHE_DTYPES)}")
+    key = None
+    if cache_dir is not None:
+        key = fingerprint(model, start, dataset, dtype)
+        found = _read_cache(Path(cache_dir) / key, start, dtype)
+        if found is not None:
+            logger.info("cache %s: reused %s (%d examples, %.1f MB)", name, Path(cache_dir) / key, len(found), found.nbytes / 1e6)
+            return found
+    lengths = np.array([len(x) if m is None else int(np.sum(m)) for x, m in _lengths_source(dataset)], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    states = torch.empty(int(offsets[-1]), model.config.hidden_size, dtype=CACHE_DTYPES[dtype])
+    device = next(model.parameters()).device
+    for idx, batch in _iter_batches(dataset, collator, batch_size):
+        keep = _keep_mask(batch)
+        batch = {k: v.to(device) for k, v in batch.items()}
+        out = compute_hidden_states(model, start, batch).to("cpu", CACHE_DTYPES[dtype])
+        for row, i in enumerate(idx):
+            states[offsets[i] : offsets[i + 1]] = out[row, keep[row]]
+    cache = HiddenStateCache(states, offsets, start, dtype)
+    if cache_dir is not None:
+        _write_cache(Path(cache_dir) / key, cache)
+        logger.info("cache %s: wrote %s", name, Path(cache_dir) / key)
+        cache = _read_cache(Path(cache_dir) / key, start, dtype)  # serve it memory-mapped
+    return cache
+
+
+def _keep_mask(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    mask = batch.get("attention_mask")
+    return torch.ones(batch["input_ids"].shape, dtype=torch.bool) if mask is None else mask.bool()
+
+
+def _lengths_source(dataset):
+    masks = dataset["attention_mask"] if "attention_mask" in dataset.column_names else [None] * len(dataset)
+    return zip(dataset["input_ids"], masks, strict=True)
+
+
+def _write_cache(folder: Path, cache: HiddenStateCache) -> None:
+    """Write into a private temporary folder and rename it into place; a folder without the
+    `complete` marker (an interrupted write) is never read back."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    try:
+        raw = cache.states.contiguous()
+        if cache.dtype != "float32":
+            raw = raw.view(torch.int16)
+        raw.numpy().tofile(tmp / "states.bin")
+        np.save(tmp / "offsets.npy", cache.offsets)
+        meta = {"format_version": CACHE_FORMAT_VERSION, "start": cache.start, "dtype": cache.dtype, "shape": list(cache.states.shape)}
+        (tmp / "meta.json").write_text(json.dumps(meta))
+        (tmp / "complete").write_text("ok\n")
+        if folder.exists() and not (folder / "complete").exists():  # left by an interrupted writer
+            stale = Path(tempfile.mkdtemp(prefix=f".{folder.name}-stale-", dir=folder.parent))
+            os.rename(folder, stale / "old")
+            shutil.rmtree(stale, ignore_errors=True)
+        try:
+            os.rename(tmp, folder)
+        except OSError:  # another run finished the same cache first
+            if not (folder / "complete").exists():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _read_cache(folder: Path, start: int, dtype: str) -> HiddenStateCache | None:
+    if not (folder / "complete").is_file():
+        return None
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+        offsets = np.load(folder / "offsets.npy")
+        shape = tuple(meta["shape"])
+        raw = np.memmap(folder / "states.bin", dtype=_STORAGE_DTYPES[dtype], mode="r", shape=shape)
+    except (OSError, ValueError, KeyError) as err:
+        logger.warning("cache %s is unreadable (%s); recomputing", folder, err)
+        return None
+    if meta.get("start") != start or meta.get("dtype") != dtype or int(offsets[-1]) != shape[0]:
+        return None
+    return HiddenStateCache(_as_tensor(raw, dtype), offsets, start, dtype)
+
+
+def _as_tensor(raw: np.memmap, dtype: str) -> torch.Tensor:
+    import warnings
+
+    with warnings.catch_warnings():  # read-only memory map: torch warns that it is not writable
+        warnings.simplefilter("ignore", UserWarning)
+        tensor = torch.from_numpy(raw)
+    return tensor if dtype == "float32" else tensor.view(CACHE_DTYPES[dtype])
+
+
+class CachedCollator:
+    """Wraps the run's collator: pads as usual, then adds the cached states of the batch's examples
+    (looked up by the split and index columns), padded to the batch's length."""
+
+    def __init__(self, base, caches: dict[int, HiddenStateCache]):
+        self.base = base
+        self.caches = caches
+
+    def __call__(self, features: list[dict]) -> dict:
+        splits = [f.pop(SPLIT_COLUMN) for f in features]
+        indices = [f.pop(INDEX_COLUMN) for f in features]
+        batch = self.base(features)
+        keep = _keep_mask(batch)
+        groups: dict[int, list[int]] = {}
+        for row, s in enumerate(splits):
+            groups.setdefault(int(s), []).append(row)
+        hidden = None
+        for s, rows in groups.items():
+            part = self.caches[s].padded([int(indices[r]) for r in rows], keep[rows])
+            if hidden is None:
+                hidden = torch.zeros(*keep.shape, part.shape[-1])
+            hidden[rows] = part
+        batch[CACHE_INPUT] = hidden
+        return batch
+
+
+def tag_dataset(dataset, split_id: int):
+    """Add the two columns the collator uses to find an example's cached states."""
+    return dataset.add_column(SPLIT_COLUMN, [split_id] * len(dataset)).add_column(INDEX_COLUMN, list(range(len(dataset))))
+
+
+def skipped_share(model: nn.Module, start: int) -> float:
+    """Share of the backbone's transformer layers that cached steps no longer run."""
+    return start / num_layers(model)
+
+
+def prepare_cached_datasets(
+    model: nn.Module,
+    datasets: dict[str, object],
+    collator,
+    dtype: str = "float32",
+    cache_dir: str | os.PathLike | None = None,
+    batch_size: int = 64,
+) -> tuple[dict[str, object], CachedCollator, dict]:
+    """Build (or reuse) one cache per data set; returns the tagged data sets, a collator that adds
+    the cached states to each batch, and a summary for the log and the results record."""
+    import time
+
+    start = cache_start_layer(model)
+    model.petl_cache_start = start
+    total = num_layers(model)
+    began = time.time()
+    caches, tagged = {}, {}
+    for split_id, (name, dataset) in enumerate(datasets.items()):
+        caches[split_id] = build_cache(model, start, dataset, collator, dtype, cache_dir, batch_size, name)
+        tagged[name] = tag_dataset(dataset, split_id)
+    info = {
+        "start_layer": start,
+        "num_layers": total,
+        "skipped_layer_share": start / total,
+        "dtype": dtype,
+        "examples": sum(len(c) for c in caches.values()),
+        "tokens": sum(int(c.offsets[-1]) for c in caches.values()),
+        "bytes": sum(c.nbytes for c in caches.values()),
+        "seconds": time.time() - began,
+        "cache_dir": None if cache_dir is None else str(cache_dir),
+    }
+    logger.info(
+        "frozen-layer cache: states entering layer %d of %d for %d examples (%d tokens, %.1f MB %s, %.1f s); "
+        "every step now skips the embeddings and layers 0-%d (%.0f%% of the layers' forward)",
+        start,
+        total,
+        info["examples"],
+        info["tokens"],
+        info["bytes"] / 1e6,
+        dtype,
+        info["seconds"],
+        start - 1,
+        100 * start / total,
+    )
+    return tagged, CachedCollator(collator, caches), info
