@@ -118,7 +118,16 @@ def write_predictions(out_dir: Path, task, labels, name: str, preds: np.ndarray,
     return path
 
 
-def run(model_args: ModelArguments, data_args: DataArguments, petl_args: PetlArguments, training_args: PetlTrainingArguments) -> dict:
+def run(
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    petl_args: PetlArguments,
+    training_args: PetlTrainingArguments,
+    callbacks: list | None = None,
+    trial: bool = False,
+) -> dict:
+    """One training run. `callbacks` join the Trainer's; `trial=True` (hyperparameter search) stops
+    after training: no test evaluation, no files, only the validation history is returned."""
     import torch
     import transformers
     from transformers import DataCollatorWithPadding, set_seed
@@ -153,7 +162,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, petl_args: PetlArg
     training_args.do_eval = True
     if not torch.cuda.is_available():
         training_args.dataloader_pin_memory = False
-    out_dir = prepare_output_dir(model_args, data_args, petl_args, training_args)
+    out_dir = Path(training_args.output_dir) if trial else prepare_output_dir(model_args, data_args, petl_args, training_args)
 
     task, raw, labels, dev_names, test_names = load_data(data_args, training_args)
     task_name = task.name if task else None
@@ -231,7 +240,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, petl_args: PetlArg
         data_collator=collator,
         processing_class=tokenizer,
         compute_metrics=compute_metrics,
-        callbacks=[best],
+        callbacks=[best, *(callbacks or [])],
     )
 
     train_metrics = {}
@@ -250,6 +259,8 @@ def run(model_args: ModelArguments, data_args: DataArguments, petl_args: PetlArg
         elif trainer.args.eval_strategy != "no":
             logger.warning("no evaluation produced %s; keeping the final state", best.metric_key)
     best.active = False
+    if trial:
+        return {"selection_metric": metric, "best_validation_score": best.best_value, "evaluation_history": best.history}
 
     eval_metrics: dict[str, dict] = {}
     if training_args.do_eval or training_args.do_train:

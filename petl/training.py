@@ -100,6 +100,32 @@ class PetlTrainer(Trainer):
         with self._from_cache(inputs):
             return super().prediction_step(model, inputs, *args, **kwargs)
 
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        """Resume the optimizer and schedule, then apply *this* run's learning rates and weight decay.
+
+        The checkpoint's optimizer state carries the old values; without this, a resumed run (or a
+        PBT exploit with mutated hyperparameters) would silently keep them."""
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint is None or self.optimizer is None:
+            return
+        args = self.args
+        lrs = {"head": args.head_lr or args.learning_rate, "petl": args.petl_lr or args.learning_rate, "other": args.learning_rate}
+        scheduler = self.lr_scheduler
+        for i, group in enumerate(self.optimizer.param_groups):
+            name = group.get("group_name", "other")
+            kind = name.split("/", 1)[0]
+            base = lrs.get(kind, args.learning_rate)
+            group["weight_decay"] = 0.0 if name.endswith("/no_decay") else args.weight_decay
+            factor = 1.0
+            if scheduler is not None and hasattr(scheduler, "lr_lambdas"):
+                scheduler.base_lrs[i] = base
+                factor = scheduler.lr_lambdas[i](scheduler.last_epoch)
+            group["initial_lr"] = base
+            group["lr"] = base * factor
+        if scheduler is not None and hasattr(scheduler, "_last_lr"):
+            scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
+        logger.info("resumed; learning rates now %s", {g.get("group_name"): f"{g['lr']:.3g}" for g in self.optimizer.param_groups})
+
     def _is_petl_run(self) -> bool:
         methods = getattr(self.model, "petl_methods", None) or []
         return not any(m.method == "full" for m in methods)

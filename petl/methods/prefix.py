@@ -1,10 +1,13 @@
 """Prefix tuning (Li & Liang 2021): P learned key/value vectors prepended at chosen layers.
 
-How it is attached without forking any modeling code: a pre-hook on the layer's self-attention
-module prepends P placeholder rows to its input and widens the attention mask (and MPNet's
-relative position bias) to P + T; hooks on the k and v projections replace the placeholder rows by
-the learned prefix; a post-hook drops the P extra output rows. Real tokens therefore attend to
-[prefix; tokens] exactly as with past key/values, on models with or without `past_key_values`.
+How it is attached without forking any modeling code, in one of two ways:
+- attention modules that take `past_key_values` (BERT, RoBERTa): a pre-hook passes a one-layer
+  key/value store whose `update` prepends the prefix to the keys and values, and widens the
+  attention mask's key axis to P + T. Queries stay T rows: the cost is PEFT's.
+- others (MPNet): a pre-hook prepends P placeholder rows to the input and widens the mask (and
+  MPNet's relative position bias) to P + T; hooks on the k and v projections replace the
+  placeholder rows by the prefix; a post-hook drops the P extra output rows.
+Either way real tokens attend to [prefix; tokens] exactly as with past key/values.
 
 Positions: by default real tokens keep positions 0..T-1. `shift_positions` starts them at P, as
 PEFT and P-tuning v2 do when they pass the prefix as past key/values.
@@ -81,6 +84,46 @@ def _pad_mask(mask: torch.Tensor | None, p: int, t: int) -> torch.Tensor | None:
     return mask
 
 
+class PrefixKeyValues:
+    """Duck-typed stand-in for a transformers Cache holding one layer's prefix: `update` returns
+    [prefix; keys] and [prefix; values] and stores nothing."""
+
+    def __init__(self, key: torch.Tensor, value: torch.Tensor):
+        self.key, self.value = key, value  # (heads, P, head_dim)
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        b = key_states.shape[0]
+        k = self.key.to(key_states.dtype).unsqueeze(0).expand(b, -1, -1, -1)
+        v = self.value.to(value_states.dtype).unsqueeze(0).expand(b, -1, -1, -1)
+        return torch.cat([k, key_states], dim=2), torch.cat([v, value_states], dim=2)
+
+    def get_seq_length(self, *args, **kwargs) -> int:
+        return 0
+
+
+def _pad_key_axis(mask: torch.Tensor | None, p: int) -> torch.Tensor | None:
+    """Let every query attend to the P prefix keys: widen only the last (key) axis."""
+    if mask is None:
+        return None
+    attend = True if mask.dtype == torch.bool else (1 if mask.dim() == 2 else 0.0)
+    cols = torch.full((*mask.shape[:-1], p), attend, dtype=mask.dtype, device=mask.device)
+    return torch.cat([cols, mask], dim=-1)
+
+
+def _kv_store_pre_hook(module, args, kwargs):
+    prefix: Prefix = module.prefix
+    bound = bind_arguments(module, args, kwargs)
+    hidden = bound.arguments["hidden_states"]
+    k, v = prefix.key_value()
+    head_dim = module.attention_head_size
+    heads = k.shape[-1] // head_dim
+    as_heads = lambda x: x.view(prefix.length, heads, head_dim).transpose(0, 1)  # noqa: E731
+    bound.arguments["past_key_values"] = PrefixKeyValues(as_heads(k.to(hidden.dtype)), as_heads(v.to(hidden.dtype)))
+    if "attention_mask" in bound.arguments:
+        bound.arguments["attention_mask"] = _pad_key_axis(bound.arguments["attention_mask"], prefix.length)
+    return bound.args, bound.kwargs
+
+
 def _attention_pre_hook(bias_arg: str | None):
     def hook(module, args, kwargs):
         prefix: Prefix = module.prefix
@@ -147,6 +190,10 @@ def _shift_positions_hook(length: int):
     return hook
 
 
+def _takes_key_value_store(attn: nn.Module) -> bool:
+    return "past_key_values" in inspect.signature(attn.forward).parameters and hasattr(attn, "attention_head_size")
+
+
 def apply_prefix(model: nn.Module, config: PrefixConfig) -> dict[str, int | None]:
     arch = arch_for(model)
     hidden = model.config.hidden_size
@@ -155,12 +202,15 @@ def apply_prefix(model: nn.Module, config: PrefixConfig) -> dict[str, int | None
     for layer in chosen_layers(model, config.layers, "prefix_layers"):
         attn = layer_module(model, layer, arch.self_attn)
         attn.prefix = Prefix(config.length, hidden, config.mlp_dim, std).to(next(attn.parameters()).device)
-        for i, path in enumerate((arch.k, arch.v)):
-            proj = layer_module(model, layer, path)
-            object.__setattr__(proj, "petl_prefix_owner", attn)  # plain reference, not a submodule
-            proj.register_forward_hook(_replace_rows(i))
-        attn.register_forward_pre_hook(_attention_pre_hook(arch.position_bias_arg), with_kwargs=True)
-        attn.register_forward_hook(_attention_post_hook)
+        if _takes_key_value_store(attn):
+            attn.register_forward_pre_hook(_kv_store_pre_hook, with_kwargs=True)
+        else:
+            for i, path in enumerate((arch.k, arch.v)):
+                proj = layer_module(model, layer, path)
+                object.__setattr__(proj, "petl_prefix_owner", attn)  # plain reference, not a submodule
+                proj.register_forward_hook(_replace_rows(i))
+            attn.register_forward_pre_hook(_attention_pre_hook(arch.position_bias_arg), with_kwargs=True)
+            attn.register_forward_hook(_attention_post_hook)
         for p in attn.prefix.parameters():
             p.petl_no_decay = True
         owned.update(owned_parameters(model, attn, layer, ("prefix",)))
