@@ -9,6 +9,7 @@ Arguments: argument_classes/. Methods: petl/methods/ (registry in petl/registry.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from argument_classes import DataArguments, ModelArguments, PetlArguments, PetlTrainingArguments
-from petl.errors import PetlError
+from petl.errors import PetlError, exit_status
 
 METRIC_NAMES = ("accuracy", "f1", "matthews_correlation", "pearson", "spearmanr", "mse", "combined_score")
 
@@ -118,6 +119,24 @@ def write_predictions(out_dir: Path, task, labels, name: str, preds: np.ndarray,
     return path
 
 
+@contextlib.contextmanager
+def whole_weights_under_zero3(training_args):
+    """Under ZeRO-3, transformers would load the weights already partitioned across ranks
+    (zero.Init); methods are injected into whole modules instead, and DeepSpeed partitions the
+    finished model when the Trainer builds its engine."""
+    hf_config = getattr(training_args, "hf_deepspeed_config", None)
+    if hf_config is None:
+        yield
+        return
+    from transformers.integrations.deepspeed import set_hf_deepspeed_config, unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        set_hf_deepspeed_config(hf_config)
+
+
 def run(
     model_args: ModelArguments,
     data_args: DataArguments,
@@ -125,14 +144,17 @@ def run(
     training_args: PetlTrainingArguments,
     callbacks: list | None = None,
     trial: bool = False,
+    cache_when_valid: bool = False,
 ) -> dict:
     """One training run. `callbacks` join the Trainer's; `trial=True` (hyperparameter search) stops
-    after training: no test evaluation, no files, only the validation history is returned."""
+    after training: no test evaluation, no files, only the validation history is returned.
+    `cache_when_valid` (sweeps): with --cache_frozen_layers, run uncached instead of refusing when
+    the methods leave nothing to cache (full, prompt, layer 0)."""
     import torch
     import transformers
     from transformers import DataCollatorWithPadding, set_seed
 
-    from petl.core import apply_petl, format_summary, load_petl, read_petl_config, save_petl, trainable_summary
+    from petl.core import apply_petl, format_summary, load_petl, petl_state_dict, read_petl_config, save_petl, trainable_summary
     from petl.data import plan_splits, tokenize_split
     from petl.metrics import default_selection_metric, glue_metrics
     from petl.models import load_model, load_tokenizer, resolve_model_path
@@ -162,6 +184,10 @@ def run(
     training_args.do_eval = True
     if not torch.cuda.is_available():
         training_args.dataloader_pin_memory = False
+    if training_args.ddp_find_unused_parameters is None:
+        # every trainable tensor of every method takes part in each forward; the blanket search for
+        # unused ones (HF's default for non-PreTrainedModel wrappers) costs a graph walk per step
+        training_args.ddp_find_unused_parameters = False
     out_dir = Path(training_args.output_dir) if trial else prepare_output_dir(model_args, data_args, petl_args, training_args)
 
     task, raw, labels, dev_names, test_names = load_data(data_args, training_args)
@@ -180,15 +206,17 @@ def run(
     set_seed(training_args.seed)
     model_path = resolve_model_path(model_args.model_name_or_path)
     tokenizer = load_tokenizer(model_path)
-    model = load_model(
-        model_path,
-        labels.num_labels,
-        model_args.pooler_type,
-        model_args.num_hidden_layers,
-        seed=training_args.seed,
-        id2label=None if labels.is_regression else dict(enumerate(labels.names)),
-        classifier_dropout=model_args.classifier_dropout,
-    )
+    with whole_weights_under_zero3(training_args):
+        model = load_model(
+            model_path,
+            labels.num_labels,
+            model_args.pooler_type,
+            model_args.num_hidden_layers,
+            seed=training_args.seed,
+            id2label=None if labels.is_regression else dict(enumerate(labels.names)),
+            classifier_dropout=model_args.classifier_dropout,
+            config_overrides=model_args.config_overrides,
+        )
     if petl_args.load_petl:
         load_petl(model, petl_args.load_petl)
     else:
@@ -211,12 +239,26 @@ def run(
         from petl.cache import cache_start_layer, keep_frozen_bottom_in_eval_mode
 
         keep_frozen_bottom_in_eval_mode(model, cache_start_layer(model))
+    if training_args.cache_frozen_layers and cache_when_valid:
+        from petl.cache import cache_start_layer
+
+        try:
+            cache_start_layer(model)
+        except PetlError as err:
+            logger.info("not caching: %s", err)
+            training_args.cache_frozen_layers = False
     if training_args.cache_frozen_layers:
         from petl.cache import prepare_cached_datasets
 
         named = {"train": train_ds, **eval_ds, **{f"predict/{k}": v for k, v in predict_ds.items()}}
         tagged, collator, cache_info = prepare_cached_datasets(
-            model, named, collator, training_args.cache_dtype, training_args.cache_dir, training_args.per_device_eval_batch_size * 8
+            model,
+            named,
+            collator,
+            training_args.cache_dtype,
+            training_args.cache_dir,
+            # an evaluation batch: the cache pass then never needs more memory than an uncached evaluation step
+            training_args.per_device_eval_batch_size,
         )
         train_ds = tagged["train"]
         eval_ds = {name: tagged[name] for name in eval_ds}
@@ -268,12 +310,15 @@ def run(
             m = trainer.evaluate(eval_dataset=ds, metric_key_prefix=name)
             eval_metrics[name] = {k.removeprefix(f"{name}_"): v for k, v in m.items()}
 
-    if training_args.do_train and trainer.is_world_process_zero():
-        save_petl(model, out_dir, extra={"model_name_or_path": model_args.model_name_or_path, "pooler_type": model_args.pooler_type})
-        if petl_args.export_peft:
-            from petl.peft_export import export_peft
+    if training_args.do_train:
+        state = petl_state_dict(model)  # every rank: gathers the slices under ZeRO-3
+        if trainer.is_world_process_zero():
+            extra = {"model_name_or_path": model_args.model_name_or_path, "pooler_type": model_args.pooler_type}
+            save_petl(model, out_dir, extra=extra, state=state)
+            if petl_args.export_peft:
+                from petl.peft_export import export_peft
 
-            export_peft(model, petl_args.export_peft, model_args.model_name_or_path)
+                export_peft(model, petl_args.export_peft, model_args.model_name_or_path, state=state)
 
     prediction_files = {}
     if training_args.do_predict:
@@ -345,16 +390,11 @@ def main(argv: list[str] | None = None) -> int:
     import transformers
 
     transformers.logging.set_verbosity_warning()
-    try:
-        try:
-            model_args, data_args, petl_args, training_args = parse_args(argv)
-        except ValueError as err:  # HfArgumentParser: unknown or malformed arguments
-            raise PetlError(str(err).splitlines()[0]) from None
-        run(model_args, data_args, petl_args, training_args)
-    except PetlError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+
+    def parse_and_run() -> None:
+        run(*parse_args(argv))
+
+    return exit_status(parse_and_run)
 
 
 if __name__ == "__main__":

@@ -20,3 +20,7 @@ class ModelArguments:
     classifier_dropout: float | None = field(
         default=None, metadata={"help": "Dropout of the shared head (pooler_type cls|avg|last); default: the model's."}
     )
+    config_overrides: str | None = field(
+        default=None,
+        metadata={"help": "Override model config values, e.g. hidden_dropout_prob=0,attention_probs_dropout_prob=0."},
+    )

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import gc
 import json
 import os
 import platform
@@ -70,6 +71,24 @@ def configurations(model: str) -> list[dict]:
 # child: one configuration
 
 
+def _reset_peak_rss() -> None:
+    """Linux: writing 5 to clear_refs resets the peak RSS (VmHWM) to the current RSS, so the peak
+    after this covers only what follows (the cache pass and training), not model loading."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError:
+        pass
+
+
+def _peak_rss_mb() -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def _rss_mb() -> float:
     with open("/proc/self/statm") as fh:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
@@ -104,10 +123,13 @@ def run_child(spec: dict) -> dict:
     collator = DataCollatorWithPadding(tokenizer)
     result = {"trainable_parameters": trainable}
     start = None
+    gc.collect()
+    rss_setup = _rss_mb()
+    _reset_peak_rss()
     if spec["cache"]:
         start = cache_start_layer(model)
         began = time.perf_counter()
-        cache = build_cache(model, start, dataset, collator, batch_size=64)
+        cache = build_cache(model, start, dataset, collator, batch_size=spec["batch_size"])  # a step's batch: no extra peak
         result.update(cache_seconds=time.perf_counter() - began, cache_bytes=cache.nbytes, cache_start_layer=start)
         dataset = tag_dataset(dataset, 0)
         collator = CachedCollator(collator, {0: cache})
@@ -118,7 +140,6 @@ def run_child(spec: dict) -> dict:
     times = []
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    rss_setup = _rss_mb()
     for i, features in enumerate(batches):
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -145,8 +166,9 @@ def run_child(spec: dict) -> dict:
         epoch_seconds=epoch,
         epoch_examples=n,
         samples_per_second=n / epoch,
-        peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        peak_rss_mb=_peak_rss_mb(),
         rss_after_setup_mb=rss_setup,
+        training_peak_above_setup_mb=_peak_rss_mb() - rss_setup,
     )
     if device.type == "cuda":
         result["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
@@ -265,6 +287,11 @@ def main() -> int:
         "and a model no entry names runs the whole grid",
     )
     parser.add_argument("--out_dir", default=str(REPO / "benchmarks" / "results"))
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the rows of today's results file that this run does not re-measure (each row says which run measured it)",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -279,8 +306,37 @@ def main() -> int:
     if not (Path(args.glue_dir) / "MRPC" / "train.tsv").is_file():
         print(f"error: --glue_dir {args.glue_dir!r} has no MRPC/train.tsv", file=sys.stderr)
         return 2
+    meta = {
+        "date": datetime.date.today().isoformat(),
+        "machine": platform.node() or "unknown",
+        "device": "cuda" if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores)",
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "batch_size": args.batch_size,
+        "examples": args.examples,
+        "python": platform.python_version(),
+    }
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = f"{meta['date']}-{meta['machine']}"
+
+    def write(rows: list[dict]) -> list[dict]:
+        """Rewritten after every configuration, so an interrupted run keeps what it measured."""
+        targets = evaluate_targets(rows)
+        (out_dir / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows, "targets": targets}, indent=2) + "\n")
+        (out_dir / f"{stem}.md").write_text(markdown(rows, targets, meta))
+        return targets
+
     only = [s for s in args.only.split(",") if s]
+    run_id = datetime.datetime.now().isoformat(timespec="seconds")
+    earlier = []
+    if args.merge and (out_dir / f"{stem}.json").is_file():
+        earlier = json.loads((out_dir / f"{stem}.json").read_text())["rows"]
     rows = []
+
+    def key(r: dict) -> tuple:
+        return (r["model"], r["name"], r["impl"], r["cache"])
+
     for model in args.models.split(","):
         wanted = {s.split(":", 1)[-1] for s in only if ":" not in s or s.startswith(model + ":")}
         for cfg in configurations(model):
@@ -288,7 +344,7 @@ def main() -> int:
                 continue
             spec = {**cfg, "model": model, "glue_dir": args.glue_dir, "examples": args.examples, "batch_size": args.batch_size}
             proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True)
-            row = {"model": model, **{k: cfg[k] for k in ("name", "impl", "cache")}, "config": cfg}
+            row = {"model": model, **{k: cfg[k] for k in ("name", "impl", "cache")}, "config": cfg, "run": run_id}
             lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
             if proc.returncode == 0 and lines:
                 row.update(json.loads(lines[-1][len("RESULT ") :]))
@@ -302,22 +358,11 @@ def main() -> int:
                 else f"{1000 * row['median_step_seconds']:.0f} ms/step, epoch {row['epoch_seconds']:.1f} s"
             )
             print(f"{model:<11} {cfg['name']:<12} {cfg['impl']:<5} cache={'yes' if cfg['cache'] else 'no ':<3} {shown}", flush=True)
-    meta = {
-        "date": datetime.date.today().isoformat(),
-        "machine": platform.node() or "unknown",
-        "device": "cuda" if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores)",
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "batch_size": args.batch_size,
-        "examples": args.examples,
-        "python": platform.python_version(),
-    }
-    targets = evaluate_targets(rows)
-    out_dir = Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"{meta['date']}-{meta['machine']}"
-    (out_dir / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows, "targets": targets}, indent=2) + "\n")
-    (out_dir / f"{stem}.md").write_text(markdown(rows, targets, meta))
+            remeasured = {key(r) for r in rows}
+            write([r for r in earlier if key(r) not in remeasured] + rows)
+    remeasured = {key(r) for r in rows}
+    rows = [r for r in earlier if key(r) not in remeasured] + rows
+    targets = write(rows)
     print(markdown(rows, targets, meta))
     print(f"wrote {out_dir / stem}.json and .md")
     return 0

@@ -6,6 +6,7 @@ import json
 import os
 import tempfile
 from collections import OrderedDict
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -159,14 +160,35 @@ def format_summary(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+@contextmanager
+def gathered(params: list[nn.Parameter], modify: bool = False):
+    """Whole tensors inside the block, also under DeepSpeed ZeRO-3, where each rank holds only a
+    slice of every parameter (`ds_id` set). Gathering is collective: every rank must enter. With
+    `modify`, rank 0's writes are scattered back to all ranks on exit. A no-op otherwise."""
+    partitioned = [p for p in params if hasattr(p, "ds_id")]
+    if not partitioned:
+        yield
+        return
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(partitioned, modifier_rank=0 if modify else None):
+        yield
+
+
 def petl_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Exactly the trained tensors (method parameters and head), detached copies."""
+    """Exactly the trained tensors (method parameters and head), detached copies. Under ZeRO-3
+    this gathers, so every rank must call it (only one needs to write the result)."""
     params = dict(model.named_parameters())
-    return {n: params[n].detach().to("cpu").clone().contiguous() for n in _owner(model)}
+    names = list(_owner(model))
+    with gathered([params[n] for n in names]):
+        return {n: params[n].detach().to("cpu").clone().contiguous() for n in names}
 
 
-def save_petl(model: nn.Module, directory: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
-    """Write the trained tensors (safetensors) and a JSON config that rebuilds the methods."""
+def save_petl(
+    model: nn.Module, directory: str | os.PathLike, extra: dict[str, Any] | None = None, state: dict[str, torch.Tensor] | None = None
+) -> Path:
+    """Write the trained tensors (safetensors) and a JSON config that rebuilds the methods.
+    `state`: the tensors, if already collected (petl_state_dict on every rank under ZeRO-3)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     config = {
@@ -179,7 +201,7 @@ def save_petl(model: nn.Module, directory: str | os.PathLike, extra: dict[str, A
     }
     # write to temporary names, then rename: a crash never leaves a half-written delta
     for fname, writer in (
-        (PETL_WEIGHTS_FILE, lambda p: save_file(petl_state_dict(model), p)),
+        (PETL_WEIGHTS_FILE, lambda p: save_file(state if state is not None else petl_state_dict(model), p)),
         (PETL_CONFIG_FILE, lambda p: Path(p).write_text(json.dumps(config, indent=2))),
     ):
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{fname}.")
@@ -219,7 +241,7 @@ def load_petl(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
     missing = [n for n in _owner(model) if n not in tensors]
     if missing:
         raise PetlError(f"saved delta lacks {len(missing)} trained tensors, e.g. {missing[0]!r}")
-    with torch.no_grad():
+    with torch.no_grad(), gathered([params[n] for n in tensors if n in params], modify=True):
         for name, tensor in tensors.items():
             if name not in params:
                 raise PetlError(f"saved tensor {name!r} has no parameter in the model")

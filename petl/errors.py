@@ -3,3 +3,21 @@
 
 class PetlError(ValueError):
     """Bad input: the message names the bad value and what is allowed."""
+
+
+def exit_status(action, *args, **kwargs) -> int:
+    """Run a CLI's work: bad input (a PetlError, or HfArgumentParser's ValueError) becomes one
+    `error: ...` line on stderr and exit status 2; otherwise the action's own status (default 0)."""
+    import sys
+
+    try:
+        try:
+            status = action(*args, **kwargs)
+        except PetlError:
+            raise
+        except ValueError as err:  # argument parsing
+            raise PetlError(str(err).splitlines()[0]) from None
+    except PetlError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return status if isinstance(status, int) else 0

@@ -234,9 +234,11 @@ def load_model(
     seed: int = 42,
     id2label: dict[int, str] | None = None,
     classifier_dropout: float | None = None,
+    config_overrides: str | None = None,
 ) -> nn.Module:
     """Load a sequence classifier, truncated to `num_hidden_layers` if given, new parameters seeded."""
     config = AutoConfig.from_pretrained(model_path, num_labels=num_labels)
+    apply_config_overrides(config, config_overrides)
     if id2label:
         config.id2label = {int(k): v for k, v in id2label.items()}
         config.label2id = {v: int(k) for k, v in id2label.items()}
@@ -263,6 +265,31 @@ def load_model(
     model.petl_new_parameters = new_params  # recorded for the report
     model.petl_original_num_layers = full_layers
     return model
+
+
+def apply_config_overrides(config, overrides: str | None) -> None:
+    """`hidden_dropout_prob=0,attention_probs_dropout_prob=0`: set existing config attributes, each
+    converted to the type it has; an unknown name or an unconvertible value is an error."""
+    for item in [x.strip() for x in (overrides or "").split(",") if x.strip()]:
+        name, sep, text = item.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise PetlError(f"--config_overrides: {item!r} is not name=value")
+        if not hasattr(config, name):
+            raise PetlError(f"--config_overrides: {config.model_type} config has no {name!r}")
+        current = getattr(config, name)
+        try:
+            if isinstance(current, bool):
+                if text.strip().lower() not in ("true", "false", "1", "0"):
+                    raise ValueError(text)
+                value = text.strip().lower() in ("true", "1")
+            elif isinstance(current, (int, float)) and current is not None:
+                value = type(current)(float(text)) if isinstance(current, float) else int(text)
+            else:
+                value = text.strip()
+        except ValueError:
+            raise PetlError(f"--config_overrides: {name}={text!r} is not a {type(current).__name__}") from None
+        setattr(config, name, value)
 
 
 def _from_pretrained(model_path: str, config, pooler_type: str, classifier_dropout: float | None):

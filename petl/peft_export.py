@@ -15,7 +15,8 @@ from petl.methods.lora import lora_modules
 from petl.models import PooledClassifier, head_module_names
 
 
-def export_peft(model: nn.Module, directory: str, base_model_name_or_path: str = "") -> Path:
+def export_peft(model: nn.Module, directory: str, base_model_name_or_path: str = "", state: dict | None = None) -> Path:
+    """`state`: the trained tensors by parameter name when already gathered (petl_state_dict)."""
     if isinstance(model, PooledClassifier):
         raise PetlError("--export_peft needs --pooler_type model (PEFT loads onto the stock HF classifier)")
     methods = {c.method for c in model.petl_methods}
@@ -34,14 +35,15 @@ def export_peft(model: nn.Module, directory: str, base_model_name_or_path: str =
     rank = ranks.pop()
     dropout = first.lora_dropout.p if isinstance(first.lora_dropout, nn.Dropout) else 0.0
     head = head_module_names(model)
+    if state is None:
+        state = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if n in _owner(model)}
     tensors = {}
-    for name, m in modules:
-        tensors[f"base_model.model.{name}.lora_A.weight"] = m.lora_A.weight.detach().cpu().contiguous()
-        tensors[f"base_model.model.{name}.lora_B.weight"] = m.lora_B.weight.detach().cpu().contiguous()
-    params = dict(model.named_parameters())
+    for name, _ in modules:
+        for part in ("lora_A", "lora_B"):
+            tensors[f"base_model.model.{name}.{part}.weight"] = state[f"{name}.{part}.weight"]
     for pname, (method, _) in _owner(model).items():
         if method == "head":
-            tensors[f"base_model.model.{pname}"] = params[pname].detach().cpu().contiguous()
+            tensors[f"base_model.model.{pname}"] = state[pname]
     config = {
         "peft_type": "LORA",
         "task_type": "SEQ_CLS",

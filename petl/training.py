@@ -16,7 +16,7 @@ from torch import nn
 from transformers import Trainer, TrainerCallback
 
 from petl.cache import CACHE_INPUT, run_from_layer
-from petl.core import PETL_CONFIG_FILE, _owner, is_new_parameter, load_petl, save_petl
+from petl.core import PETL_CONFIG_FILE, _owner, gathered, is_new_parameter, load_petl, save_petl
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +65,13 @@ def build_param_groups(
 class PetlTrainer(Trainer):
     """Trainer with our parameter groups; checkpoints of PETL runs hold only the trained tensors."""
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Our losses are per-batch means. The Trainer would otherwise see `**kwargs` in forward,
+        # assume the model normalises by `num_items_in_batch` itself, and then neither divide by
+        # the accumulation steps nor undo DDP's averaging: k-times (or world-size-times) updates.
+        self.model_accepts_loss_kwargs = False
+
     def create_optimizer(self, model=None):
         if self.optimizer is None:
             opt_model = self.model if model is None else model
@@ -84,6 +91,23 @@ class PetlTrainer(Trainer):
             clean = [{k: v for k, v in g.items() if k != "num_parameters"} for g in groups]
             self.optimizer = optimizer_cls(clean, lr=args.learning_rate, **optimizer_kwargs)
         return self.optimizer
+
+    def evaluation_loop(self, *args, **kwargs):
+        """HF averages per-batch losses, and across ranks the last batch is padded with repeated
+        examples, so its loss counts some examples twice. The predictions it gathers are exact
+        (duplicates dropped); the reported loss is recomputed from them, over each example once."""
+        out = super().evaluation_loop(*args, **kwargs)
+        predictions = out.predictions[0] if isinstance(out.predictions, tuple) else out.predictions
+        keys = [k for k in out.metrics if k.endswith("_loss")]
+        if predictions is not None and out.label_ids is not None and len(keys) == 1:
+            logits = torch.as_tensor(predictions, dtype=torch.float64)
+            labels = torch.as_tensor(out.label_ids)
+            if logits.ndim == 2 and logits.shape[-1] > 1:
+                loss = nn.functional.cross_entropy(logits, labels.long())
+            else:
+                loss = nn.functional.mse_loss(logits.reshape(-1), labels.reshape(-1).to(torch.float64))
+            out.metrics[keys[0]] = float(loss)
+        return out
 
     def _from_cache(self, inputs: dict):
         """Batches from a CachedCollator carry the states entering the first trained layer."""
@@ -134,7 +158,11 @@ class PetlTrainer(Trainer):
         if not self._is_petl_run():
             return super()._save(output_dir, state_dict)
         output_dir = output_dir or self.args.output_dir
-        save_petl(self.model, output_dir)
+        state = None
+        if state_dict is not None:  # DeepSpeed hands over the gathered weights (ZeRO-3: the only whole copy)
+            state = {n: state_dict[n].detach().cpu().contiguous() for n in _owner(self.model) if n in state_dict}
+            state = state if len(state) == len(_owner(self.model)) else None
+        save_petl(self.model, output_dir, state=state)
         torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
@@ -178,7 +206,9 @@ class BestStateCallback(TrainerCallback):
             value = -math.inf if self.greater_is_better else math.inf
         if self._better(value):
             self.best_value, self.best_step, self.best_epoch = value, state.global_step, state.epoch
-            self.best_state = {n: p.detach().to("cpu", copy=True) for n, p in self.model.named_parameters() if p.requires_grad}
+            trained = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+            with gathered([p for _, p in trained]):  # collective under ZeRO-3; every rank evaluates
+                self.best_state = {n: p.detach().to("cpu", copy=True) for n, p in trained}
             self.bad_evals = 0
         else:
             self.bad_evals += 1
@@ -190,7 +220,7 @@ class BestStateCallback(TrainerCallback):
         if self.best_state is None:
             return False
         params = dict(self.model.named_parameters())
-        with torch.no_grad():
+        with torch.no_grad(), gathered([params[n] for n in self.best_state], modify=True):
             for name, tensor in self.best_state.items():
                 params[name].copy_(tensor)
         return True

@@ -42,6 +42,10 @@ class SoftPrompt(nn.Module):
         self.embeddings = nn.Parameter(embeddings)
         self.embeddings.petl_no_decay = True
 
+    def forward(self) -> torch.Tensor:
+        # read through a module call, so DeepSpeed ZeRO-3 gathers the partitioned tensor first
+        return self.embeddings
+
 
 def _initial_prompt(model: nn.Module, word_embeddings: nn.Embedding, config: PromptConfig) -> torch.Tensor:
     table = word_embeddings.weight.detach()
@@ -75,8 +79,9 @@ def _prompt_pre_hook(model_ref: nn.Module, word_embeddings: nn.Embedding, prompt
                 raise PetlError("prompt tuning needs input_ids or inputs_embeds")
             embeds = word_embeddings(input_ids)
         b = embeds.shape[0]
-        p = prompt.embeddings.shape[0]
-        block = prompt.embeddings.to(embeds.dtype).unsqueeze(0).expand(b, -1, -1)
+        prompts = prompt()
+        p = prompts.shape[0]
+        block = prompts.to(embeds.dtype).unsqueeze(0).expand(b, -1, -1)
         a["inputs_embeds"] = _insert(embeds, block, at)
         a["input_ids"] = None
         if a.get("attention_mask") is not None:

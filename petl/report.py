@@ -1,0 +1,293 @@
+"""Tables and figures from sweep results (JSONL written by petl.sweep), and nothing else.
+
+    python -m petl.report results/layers_minilm.jsonl --out figures/
+
+Writes, per model:
+- layers_<task>_<model>.png: reported score vs target layer, one line per layer-wise method (mean
+  over seeds, band = min..max), methods without a layer (full fine-tuning) as dashed lines;
+- table_<results>_<model>.md / .csv: one row per method (mean ± std over seeds; best PETL score per
+  column in bold) plus the rows "relative improvement" = (best PETL - best raw) / best raw and
+  "gap bridged" = (best PETL - best raw) / (full - best raw); raw rows are methods named raw*;
+- scale_up_<task>_<model>.png, when a method has a numeric setting axis (e.g. adapter_dim): score
+  vs that setting on a log axis, next to score vs layer for the layer-wise methods.
+Every figure and table names the model, task(s), split mode, seeds and metric. Scores are the
+selection metric on the reported split (test in --split_mode heldout), in percent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+from petl.errors import PetlError, exit_status
+
+METRIC_LABELS = {"f1": "F1", "accuracy": "accuracy", "matthews_correlation": "MCC", "combined_score": "Pearson/Spearman mean"}
+
+
+def load_records(path: str) -> list[dict]:
+    file = Path(path)
+    if not file.is_file():
+        raise PetlError(f"results file {path!r} does not exist")
+    records = []
+    for number, line in enumerate(file.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            print(f"warning: {path}:{number} is not JSON (an interrupted write?); skipped", file=sys.stderr)
+            continue
+        if rec.get("status", "ok") == "ok":
+            records.append(rec)
+    if not records:
+        raise PetlError(f"results file {path!r} holds no finished cells")
+    # a re-run cell (retried after failure, or repeated) counts once: the last record wins
+    latest = {}
+    for rec in records:
+        latest[rec.get("cell_id") or id(rec)] = rec
+    return list(latest.values())
+
+
+def score(rec: dict) -> float | None:
+    """The selection metric on the reported split, in percent (None if missing)."""
+    reported = rec.get("reported_metrics") or {}
+    metric = rec.get("selection_metric", "accuracy")
+    for name in ("test", "validation"):
+        if name in reported and metric in reported[name]:
+            return 100.0 * float(reported[name][metric])
+    for values in reported.values():
+        if metric in values:
+            return 100.0 * float(values[metric])
+    return None
+
+
+def model_tag(rec: dict) -> str:
+    """The backbone's short name (a raw probe truncates the backbone but keeps its name)."""
+    return Path(str((rec.get("model") or {}).get("name_or_path", "model"))).name
+
+
+def _describe(records: list[dict]) -> str:
+    tasks = sorted({r["task"] for r in records})
+    seeds = sorted({r["seed"] for r in records})
+    modes = sorted({(r.get("split") or {}).get("split_mode", "?") for r in records})
+    metrics = sorted({METRIC_LABELS.get(r.get("selection_metric"), r.get("selection_metric")) for r in records})
+    sizes = sorted({(r.get("split") or {}).get("sizes", {}).get("train") for r in records} - {None})
+    train = f", train {sizes[0]}" if len(sizes) == 1 else (f", train {sizes[0]}-{sizes[-1]}" if sizes else "")
+    return (
+        f"{model_tag(records[0])}, {'/'.join(tasks).upper()}, split {'/'.join(modes)}{train}, "
+        f"seeds {','.join(map(str, seeds))}, {'/'.join(metrics)} (%) on the reported split"
+    )
+
+
+def _stats(values: list[float]) -> tuple[float, float, float, float]:
+    mean = statistics.fmean(values)
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return mean, std, min(values), max(values)
+
+
+def _group(records: list[dict], key) -> dict:
+    out = defaultdict(list)
+    for r in records:
+        s = score(r)
+        if s is not None:
+            out[key(r)].append(s)
+    return out
+
+
+def _numeric_axes(rec: dict) -> list[str]:
+    return [k for k, v in (rec.get("setting") or {}).items() if isinstance(v, (int, float))]
+
+
+def layer_figure(records: list[dict], ax, title: str | None = None) -> bool:
+    """Score vs layer on `ax`; returns False when there is nothing layer-wise to draw."""
+    layered = [r for r in records if r.get("layer") is not None and not r.get("setting")]
+    if not layered:
+        return False
+    by = _group(layered, lambda r: (r["method_name"], r["layer"]))
+    methods = list(dict.fromkeys(r["method_name"] for r in layered))
+    for name in methods:
+        layers = sorted(layer for (m, layer) in by if m == name)
+        stats = [_stats(by[(name, layer)]) for layer in layers]
+        line = ax.plot(layers, [s[0] for s in stats], marker="o", label=name)[0]
+        ax.fill_between(layers, [s[2] for s in stats], [s[3] for s in stats], color=line.get_color(), alpha=0.15)
+    flat = _group([r for r in records if r.get("layer") is None and not r.get("setting")], lambda r: r["method_name"])
+    for name, values in flat.items():
+        mean = _stats(values)[0]
+        ax.axhline(mean, linestyle="--", color="black" if name.startswith("full") else "grey", label=f"{name} ({mean:.1f})")
+    all_layers = sorted({r["layer"] for r in layered})
+    ax.set_xticks(all_layers)
+    ax.set_xlabel("target layer (0 = lowest)")
+    ax.set_ylabel("score (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    if title:
+        ax.set_title(title, fontsize=8)
+    return True
+
+
+def scale_figure(records: list[dict], ax) -> bool:
+    scaled = [r for r in records if _numeric_axes(r)]
+    if not scaled:
+        return False
+    for (name, axis), recs in _bucket(scaled).items():
+        by = _group(recs, lambda r, axis=axis: r["setting"][axis])
+        xs = sorted(by)
+        stats = [_stats(by[x]) for x in xs]
+        line = ax.plot(xs, [s[0] for s in stats], marker="o", label=f"{name} ({axis})")[0]
+        ax.fill_between(xs, [s[2] for s in stats], [s[3] for s in stats], color=line.get_color(), alpha=0.15)
+    flat = _group([r for r in records if r.get("layer") is None and not r.get("setting")], lambda r: r["method_name"])
+    for name, values in flat.items():
+        ax.axhline(_stats(values)[0], linestyle="--", color="black" if name.startswith("full") else "grey", label=name)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("setting value (log scale)")
+    ax.set_ylabel("score (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    return True
+
+
+def _bucket(records: list[dict]) -> dict:
+    out = defaultdict(list)
+    for r in records:
+        for axis in _numeric_axes(r):
+            label = r["method_name"] + (f"@{r['layer']}" if r.get("layer") is not None else "")
+            out[(label, axis)].append(r)
+    return out
+
+
+def row_label(rec: dict) -> str:
+    label = rec["method_name"]
+    if rec.get("layer") is not None:
+        label += f"@{rec['layer']}"
+    for k, v in sorted((rec.get("setting") or {}).items()):
+        label += f" {k}={v}"
+    return label
+
+
+def glue_table(records: list[dict]) -> tuple[list[str], list[list[str]], list[dict]]:
+    """Header, Markdown-ready rows, and CSV rows (numbers) for the per-task table."""
+    tasks = sorted({r["task"] for r in records})
+    by = _group(records, lambda r: (row_label(r), r["task"]))
+    labels = list(dict.fromkeys(row_label(r) for r in records))
+    means = {key: _stats(v) for key, v in by.items()}
+    header = ["method", *tasks, "trainable params (no head)"]
+    params = {}
+    for r in records:
+        params.setdefault(row_label(r), r.get("trainable_parameters_without_head"))
+
+    def is_raw(label: str) -> bool:
+        return label.startswith("raw")
+
+    def is_full(label: str) -> bool:
+        return label.split("@")[0].split(" ")[0] == "full"
+
+    best_petl = {}
+    for t in tasks:
+        candidates = [(means[(lab, t)][0], lab) for lab in labels if (lab, t) in means and not is_raw(lab) and not is_full(lab)]
+        best_petl[t] = max(candidates) if candidates else None
+    md_rows, csv_rows = [], []
+    for lab in labels:
+        cells = []
+        row = {"method": lab}
+        for t in tasks:
+            if (lab, t) not in means:
+                cells.append("")
+                continue
+            mean, std, _, _ = means[(lab, t)]
+            text = f"{mean:.1f} ± {std:.1f}"
+            if best_petl[t] and best_petl[t][1] == lab:
+                text = f"**{text}**"
+            cells.append(text)
+            row[f"{t}_mean"], row[f"{t}_std"], row[f"{t}_n"] = round(mean, 3), round(std, 3), len(by[(lab, t)])
+        row["trainable_parameters_without_head"] = params.get(lab)
+        md_rows.append([lab, *cells, f"{params.get(lab):,}" if isinstance(params.get(lab), int) else ""])
+        csv_rows.append(row)
+    rel, gap = ["relative improvement"], ["gap bridged"]
+    for t in tasks:
+        raws = [means[(lab, t)][0] for lab in labels if is_raw(lab) and (lab, t) in means]
+        fulls = [means[(lab, t)][0] for lab in labels if is_full(lab) and (lab, t) in means]
+        best = best_petl[t][0] if best_petl[t] else None
+        if raws and best is not None and max(raws) != 0:
+            rel.append(f"{100 * (best - max(raws)) / abs(max(raws)):+.1f}%")
+        else:
+            rel.append("")
+        if raws and fulls and best is not None and fulls[0] != max(raws):
+            gap.append(f"{100 * (best - max(raws)) / (fulls[0] - max(raws)):.1f}%")
+        else:
+            gap.append("")
+    md_rows += [rel + [""], gap + [""]]
+    csv_rows += [{"method": rel[0], **dict(zip(tasks, rel[1:], strict=True))}, {"method": gap[0], **dict(zip(tasks, gap[1:], strict=True))}]
+    return header, md_rows, csv_rows
+
+
+def write_report(results: str, out_dir: str) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = load_records(results)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    by_model = defaultdict(list)
+    for r in records:
+        by_model[model_tag(r)].append(r)
+    for model, recs in by_model.items():
+        for task in sorted({r["task"] for r in recs}):
+            task_recs = [r for r in recs if r["task"] == task]
+            fig, ax = plt.subplots(figsize=(7, 4.5))
+            if layer_figure(task_recs, ax, _describe(task_recs)):
+                fig.tight_layout()
+                path = out / f"layers_{task}_{model}.png"
+                fig.savefig(path, dpi=130)
+                written.append(path)
+            plt.close(fig)
+            if any(_numeric_axes(r) for r in task_recs):
+                fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+                scale_figure(task_recs, left)
+                layer_figure(task_recs, right)
+                fig.suptitle(_describe(task_recs), fontsize=9)
+                fig.tight_layout()
+                path = out / f"scale_up_{task}_{model}.png"
+                fig.savefig(path, dpi=130)
+                written.append(path)
+                plt.close(fig)
+        header, md_rows, csv_rows = glue_table(recs)
+        stem = Path(results).stem
+        md = [f"{_describe(recs)}. Mean ± std over seeds; bold: best PETL row per task.", ""]
+        md.append("| " + " | ".join(header) + " |")
+        md.append("|" + "---|" * len(header))
+        md += ["| " + " | ".join(row) + " |" for row in md_rows]
+        path = out / f"table_{stem}_{model}.md"
+        path.write_text("\n".join(md) + "\n")
+        written.append(path)
+        path = out / f"table_{stem}_{model}.csv"
+        keys = list(dict.fromkeys(k for row in csv_rows for k in row))
+        with open(path, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=keys)
+            writer.writeheader()
+            writer.writerows(csv_rows)
+        written.append(path)
+    compute = sum(r.get("cell_seconds") or r.get("wall_time_seconds") or 0 for r in records)
+    print(f"{len(records)} cells, {compute / 3600:.2f} h of compute recorded; wrote " + ", ".join(str(p) for p in written))
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m petl.report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("results", nargs="+", help="JSONL results file(s) from petl.sweep")
+    parser.add_argument("--out", default="figures", help="folder for figures and tables")
+    args = parser.parse_args(argv)
+    return exit_status(lambda: [write_report(results, args.out) for results in args.results] and None)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

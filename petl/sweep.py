@@ -1,0 +1,285 @@
+"""Grid sweeps through run_glue.py's training code: tasks x methods x layers x settings x seeds.
+
+    python -m petl.sweep sweeps/layers_minilm.yaml                 # run (resumes where it stopped)
+    python -m petl.sweep sweeps/layers_minilm.yaml --dry_run       # list the cells
+    python -m petl.report results/layers_minilm.jsonl --out figures/
+
+A grid file (YAML or JSON):
+
+    name: layers_minilm
+    results: results/layers_minilm.jsonl      # JSONL, one record per finished cell
+    model_name_or_path: minilm-l6
+    tasks: [mrpc, rte]
+    seeds: [1, 2]
+    layers: all                                # or a list, or "1-4"
+    arguments: {split_mode: heldout, num_train_epochs: 3, learning_rate: 1.0e-3}
+    methods:
+      ffn-adapter: {method: pfeiffer, adapter_layers: "{layer}"}
+      raw:         {method: head, num_hidden_layers: "{next}"}   # backbone truncated to layer+1 layers
+      two-layers:  {method: pfeiffer, adapter_layers: "{layer},{next}", layers: [0, 1, 2, 3, 4]}
+      dims:        {method: pfeiffer, adapter_layers: "3", adapter_dim: [1, 4, 16, 64]}   # a list is an axis
+      full:        {method: full, learning_rate: 5.0e-5}     # no {layer}: one cell per task and seed
+
+In a method's arguments, "{layer}" is the target layer and "{next}" the one above it; a method
+whose arguments name no layer runs once per task and seed. A list value is a setting axis (cross
+product). `layers` inside a method overrides the global list; `tasks` likewise.
+
+Each cell is one `run_glue.run` call. Its record (the run_glue results record, minus the bulky
+parts, plus the cell's coordinates) is appended to the JSONL file as soon as it finishes; a re-run
+skips cells already recorded as finished (failed ones are retried unless --skip_failed). A failed
+cell is recorded with its error and the sweep goes on. The frozen-prefix cache is used wherever it
+is valid, on disk under <output_dir>/cache so cells at the same layer share one forward pass.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import itertools
+import json
+import logging
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from petl.errors import PetlError, exit_status
+
+logger = logging.getLogger("petl.sweep")
+
+GRID_KEYS = {"name", "results", "output_dir", "model_name_or_path", "tasks", "seeds", "layers", "arguments", "methods"}
+METHOD_KEYS = {"layers", "tasks"}  # besides run_glue.py arguments
+DROPPED_FROM_RECORD = ("parameter_report", "arguments", "prediction_files", "new_parameters_initialised")
+
+
+@dataclass
+class Cell:
+    task: str
+    method_name: str
+    layer: int | None
+    seed: int
+    setting: dict[str, Any]
+    arguments: dict[str, Any] = field(repr=False)
+
+    @property
+    def cell_id(self) -> str:
+        parts = [self.task, self.method_name]
+        if self.layer is not None:
+            parts.append(f"layer={self.layer}")
+        parts += [f"{k}={v}" for k, v in sorted(self.setting.items())]
+        parts.append(f"seed={self.seed}")
+        return "/".join(parts)
+
+
+def load_grid(path: str) -> dict:
+    file = Path(path)
+    if not file.is_file():
+        raise PetlError(f"grid file {path!r} does not exist")
+    try:
+        if file.suffix in (".yaml", ".yml"):
+            import yaml
+
+            grid = yaml.safe_load(file.read_text())
+        else:
+            grid = json.loads(file.read_text())
+    except Exception as err:  # noqa: BLE001 - any parse error becomes one clear line
+        raise PetlError(f"grid file {path!r} is not valid {file.suffix.lstrip('.') or 'JSON'}: {str(err).splitlines()[0]}") from None
+    if not isinstance(grid, dict):
+        raise PetlError(f"grid file {path!r}: expected a mapping with keys {', '.join(sorted(GRID_KEYS))}")
+    unknown = sorted(set(grid) - GRID_KEYS)
+    if unknown:
+        raise PetlError(f"grid file {path!r}: unknown key {unknown[0]!r}; allowed: {', '.join(sorted(GRID_KEYS))}")
+    for key in ("tasks", "methods"):
+        if not grid.get(key):
+            raise PetlError(f"grid file {path!r}: {key!r} is missing or empty")
+    grid.setdefault("name", file.stem)
+    grid.setdefault("seeds", [42])
+    grid.setdefault("arguments", {})
+    grid.setdefault("results", f"results/{grid['name']}.jsonl")
+    grid.setdefault("output_dir", f"outputs/sweeps/{grid['name']}")
+    return grid
+
+
+def _layer_list(spec: Any, num_layers: int | None, where: str) -> list[int]:
+    from petl.layers import parse_layers
+
+    if isinstance(spec, list):
+        spec = ",".join(str(s) for s in spec)
+    if num_layers is None:
+        raise PetlError(f"{where}: layers {spec!r} need the model's depth; give model_name_or_path")
+    return parse_layers(str(spec), num_layers)
+
+
+def _model_depth(grid: dict) -> int | None:
+    name = grid.get("model_name_or_path") or grid["arguments"].get("model_name_or_path")
+    if not name:
+        return None
+    from transformers import AutoConfig
+
+    from petl.models import resolve_model_path
+
+    depth = AutoConfig.from_pretrained(resolve_model_path(name)).num_hidden_layers
+    return int(grid["arguments"].get("num_hidden_layers") or depth)
+
+
+def _substitute(value: Any, layer: int | None) -> Any:
+    if not isinstance(value, str) or "{" not in value:
+        return value
+    if layer is None:
+        raise PetlError(f"argument value {value!r} names a layer, but the method has no layer axis")
+    text = value.replace("{layer}", str(layer)).replace("{next}", str(layer + 1))
+    if "{" in text:
+        raise PetlError(f"argument value {value!r}: only {{layer}} and {{next}} can be substituted")
+    return int(text) if text.isdigit() else text
+
+
+def expand_cells(grid: dict, num_layers: int | None) -> list[Cell]:
+    """Every cell of the grid, in a stable order: task, seed, method, layer, setting (seeds outside,
+    so an interrupted sweep has whole layer curves for the first seeds)."""
+    cells = []
+    global_layers = grid.get("layers", "all")
+    for task in grid["tasks"]:
+        for seed in grid["seeds"]:
+            for name, spec in grid["methods"].items():
+                if not isinstance(spec, dict) or "method" not in spec:
+                    raise PetlError(f"grid method {name!r}: give a mapping with at least 'method'")
+                if task not in spec.get("tasks", grid["tasks"]):
+                    continue
+                args = {k: v for k, v in spec.items() if k not in METHOD_KEYS}
+                has_layer = any(isinstance(v, str) and "{" in v for v in args.values())
+                where = f"grid method {name!r}"
+                layers = _layer_list(spec.get("layers", global_layers), num_layers, where) if has_layer else [None]
+                axes = {k: v for k, v in args.items() if isinstance(v, list)}
+                for layer in layers:
+                    for values in itertools.product(*axes.values()) if axes else [()]:
+                        setting = dict(zip(axes, values, strict=True))
+                        cell_args = {k: _substitute(setting.get(k, v), layer) for k, v in args.items()}
+                        cells.append(Cell(task, name, layer, int(seed), setting, cell_args))
+    ids = [c.cell_id for c in cells]
+    if len(set(ids)) != len(ids):
+        dup = next(i for i in ids if ids.count(i) > 1)
+        raise PetlError(f"grid has the cell {dup!r} twice")
+    return cells
+
+
+def finished_cells(results: Path, retry_failed: bool = True) -> set[str]:
+    """Cell ids already recorded; a torn last line (killed mid-write) is ignored."""
+    done = set()
+    if not results.is_file():
+        return done
+    for line in results.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if rec.get("status") == "ok" or (not retry_failed and rec.get("status") == "failed"):
+            done.add(rec.get("cell_id"))
+    return done
+
+
+def build_arguments(grid: dict, cell: Cell, output_dir: Path, results: Path):
+    """The four run_glue argument objects for one cell; unknown names are one clear error."""
+    from argument_classes import DataArguments, ModelArguments, PetlArguments, PetlTrainingArguments
+
+    values = {
+        "disable_tqdm": True,
+        "report_to": [],
+        "save_strategy": "no",
+        **grid["arguments"],
+        **cell.arguments,
+        "task_name": cell.task,
+        "seed": cell.seed,
+        "output_dir": str(output_dir / "runs" / cell.cell_id.replace("=", "")),
+        "overwrite_output_dir": True,
+    }
+    if grid.get("model_name_or_path"):
+        values.setdefault("model_name_or_path", grid["model_name_or_path"])
+    values.setdefault("cache_frozen_layers", True)
+    values.setdefault("cache_dir", str(output_dir / "cache"))
+    objs = []
+    for cls in (ModelArguments, DataArguments, PetlArguments, PetlTrainingArguments):
+        names = {f.name for f in dataclasses.fields(cls) if f.init}
+        objs.append(cls(**{k: v for k, v in values.items() if k in names}))
+    known = set().union(*({f.name for f in dataclasses.fields(type(o))} for o in objs))
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise PetlError(f"cell {cell.cell_id}: {unknown[0]!r} is not a run_glue.py argument")
+    return tuple(objs)
+
+
+def slim_record(record: dict) -> dict:
+    return {k: v for k, v in record.items() if k not in DROPPED_FROM_RECORD}
+
+
+def run_sweep(grid_path: str, results: str | None = None, output_dir: str | None = None, dry_run: bool = False,
+              retry_failed: bool = True, max_cells: int | None = None) -> dict:  # fmt: skip
+    grid = load_grid(grid_path)
+    results_path = Path(results or grid["results"])
+    out = Path(output_dir or grid["output_dir"])
+    cells = expand_cells(grid, _model_depth(grid))
+    done = finished_cells(results_path, retry_failed)
+    todo = [c for c in cells if c.cell_id not in done]
+    if max_cells is not None:
+        todo = todo[:max_cells]
+    print(f"sweep {grid['name']}: {len(cells)} cells, {len(cells) - len(todo)} already recorded in {results_path}, {len(todo)} to run")
+    if dry_run:
+        for c in todo:
+            print(f"  {c.cell_id}  {json.dumps(c.arguments)}")
+        return {"cells": len(cells), "to_run": len(todo), "ran": 0, "failed": 0}
+    for c in todo:  # every cell's arguments are checked before the first one trains
+        build_arguments(grid, c, out, results_path)
+
+    from tqdm.auto import tqdm
+
+    import run_glue
+    from petl.results import append_jsonl
+
+    failed = 0
+    bar = tqdm(todo, desc=grid["name"], unit="cell", file=sys.stderr, dynamic_ncols=True)
+    for cell in bar:
+        bar.set_postfix_str(cell.cell_id)
+        began = time.time()
+        base = {"sweep": grid["name"], "cell_id": cell.cell_id, "task": cell.task, "method_name": cell.method_name,
+                "layer": cell.layer, "seed": cell.seed, "setting": cell.setting, "cell_arguments": cell.arguments}  # fmt: skip
+        try:
+            args = build_arguments(grid, cell, out, results_path)
+            record = run_glue.run(*copy.deepcopy(args), cache_when_valid=True)
+            entry = {**base, "status": "ok", **slim_record(record)}
+        except Exception as err:  # noqa: BLE001 - a failed cell is recorded and the sweep goes on
+            failed += 1
+            logger.error("cell %s failed: %s", cell.cell_id, err)
+            entry = {**base, "status": "failed", "error": f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}",
+                     "traceback": traceback.format_exc(limit=5)}  # fmt: skip
+        entry["cell_seconds"] = time.time() - began
+        append_jsonl(results_path, entry)
+    bar.close()
+    print(f"sweep {grid['name']}: ran {len(todo)} cells ({failed} failed); results in {results_path}")
+    return {"cells": len(cells), "to_run": len(todo), "ran": len(todo), "failed": failed}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m petl.sweep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("grid", help="YAML/JSON grid file (sweeps/*.yaml)")
+    parser.add_argument("--results", help="JSONL results file (default: the grid's 'results')")
+    parser.add_argument("--output_dir", help="run folders and the shared cache (default: outputs/sweeps/<name>)")
+    parser.add_argument("--dry_run", action="store_true", help="list the cells left to run and exit")
+    parser.add_argument("--skip_failed", action="store_true", help="do not retry cells recorded as failed")
+    parser.add_argument("--max_cells", type=int, help="run at most this many cells, then stop (resume later)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING, datefmt="%H:%M:%S")
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+
+    def sweep() -> int:
+        summary = run_sweep(args.grid, args.results, args.output_dir, args.dry_run, not args.skip_failed, args.max_cells)
+        return 1 if summary["failed"] else 0
+
+    return exit_status(sweep)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,318 @@
+#!/usr/bin/env python
+"""Hyperparameter search with Ray Tune around run_glue.py's own training code.
+
+    python run_glue_hyper_search.py --task_name rte --method adapter --search_trials 4 --num_train_epochs 5
+    python run_glue_hyper_search.py --search_scheduler asha --search_space sweeps/space.yaml ...
+
+Every trial calls `run_glue.run` (same arguments, methods, data splits and selection metric) with a
+callback that reports each validation result to Tune together with a checkpoint holding only what
+is trained (method delta, head, optimizer, scheduler). PBT exploits restore the donor's checkpoint
+and then apply the mutated learning rates and weight decay (petl/training.py,
+`_load_optimizer_and_scheduler`). Finally the best trial's final configuration is retrained with a
+fresh seed and evaluated on the held-out test split, as an ordinary results.json record.
+Search spaces: petl/search.py.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import os
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from argument_classes import DataArguments, ModelArguments, PetlArguments, PetlTrainingArguments
+from petl.errors import PetlError, exit_status
+
+logger = logging.getLogger("run_glue_hyper_search")
+REPO = Path(__file__).resolve().parent
+
+
+@dataclass
+class SearchArguments:
+    search_scheduler: str = field(default="pbt", metadata={"help": "pbt (population-based training) or asha."})
+    search_trials: int = field(default=4, metadata={"help": "Population size (pbt) or number of trials (asha)."})
+    search_metric: str | None = field(default=None, metadata={"help": "Validation metric; default: the task's selection metric."})
+    search_space: str | None = field(default=None, metadata={"help": "YAML/JSON search space; default: per method (petl/search.py)."})
+    perturbation_interval: int = field(default=1, metadata={"help": "PBT: evaluations between exploit/explore steps."})
+    cpus_per_trial: float = field(default=1.0, metadata={"help": "CPUs per trial."})
+    gpus_per_trial: float = field(default=0.0, metadata={"help": "GPUs per trial."})
+    ray_address: str | None = field(default=None, metadata={"help": "Existing Ray cluster (e.g. auto); default: a local one."})
+    max_failures: int = field(default=1, metadata={"help": "Retries of a failed trial."})
+    resume: bool = field(default=False, metadata={"help": "Resume an interrupted search in the same output_dir."})
+    final_retrain: bool = field(default=True, metadata={"help": "Retrain the best configuration with a fresh seed and report test."})
+    search_seed: int = field(default=0, metadata={"help": "Seed of the search (sampling, PBT decisions)."})
+
+
+ARG_CLASSES = (ModelArguments, DataArguments, PetlArguments, PetlTrainingArguments, SearchArguments)
+
+
+def parse_args(argv: list[str] | None = None):
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser(ARG_CLASSES)
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        return parser.parse_json_file(json_file=os.path.abspath(argv[0]))
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
+def apply_config(base: tuple, config: dict) -> tuple:
+    """Copies of the four run_glue argument objects with the trial's values set."""
+    objs = tuple(copy.deepcopy(o) for o in base)
+    for name, value in config.items():
+        for obj in objs:
+            declared = {f.name: str(f.type) for f in dataclasses.fields(obj)}
+            if name in declared:
+                setattr(obj, name, _as_declared(value, declared[name]))
+                break
+        else:
+            raise PetlError(f"search space names {name!r}, which no argument class has")
+    return objs
+
+
+def _as_declared(value, declared: str):
+    """Convert by the field's declared type (not the default's: warmup_steps defaults to int 0 but
+    takes ratios such as 0.06)."""
+    if value is None or isinstance(value, str):
+        return value
+    if "float" in declared:
+        return float(value)
+    if "bool" in declared:
+        return bool(value)
+    if "int" in declared:
+        return int(value)
+    return value
+
+
+class TuneReportCallback:
+    """After each checkpoint save (which follows an evaluation), report the evaluation to Tune with
+    the checkpoint folder: the delta, optimizer, scheduler and trainer state."""
+
+    def __new__(cls, metric_key: str):
+        from transformers import TrainerCallback
+
+        class _Callback(TrainerCallback):
+            def __init__(self):
+                self.last = None
+
+            def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+                self.last = dict(metrics or {})
+
+            def on_save(self, args, state, control, **kwargs):
+                from ray import tune
+
+                if self.last is None or metric_key not in self.last:
+                    return
+                folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+                report = {k: float(v) for k, v in self.last.items() if isinstance(v, (int, float))}
+                report.update(step=state.global_step, epoch=float(state.epoch or 0), objective=float(self.last[metric_key]))
+                tune.report(report, checkpoint=tune.Checkpoint.from_directory(str(folder)))
+                self.last = None
+
+        return _Callback()
+
+
+def make_trainable(base_args: tuple, metric_key: str):
+    def trainable(config: dict) -> None:
+        from ray import tune
+
+        import run_glue
+
+        model_args, data_args, petl_args, training_args = apply_config(base_args, config)
+        trial_dir = Path(tempfile.mkdtemp(prefix="trial-"))
+        training_args.output_dir = str(trial_dir)
+        training_args.save_strategy = training_args.eval_strategy
+        training_args.save_steps = training_args.eval_steps or training_args.save_steps
+        training_args.save_total_limit = 1
+        training_args.disable_tqdm = True
+        training_args.report_to = []
+        checkpoint = tune.get_checkpoint()
+        if checkpoint is not None:  # PBT exploit or a retried trial: continue from that state
+            restored = trial_dir / "restored"
+            with checkpoint.as_directory() as folder:
+                import shutil
+
+                shutil.copytree(folder, restored)
+            training_args.resume_from_checkpoint = str(restored)
+        run_glue.run(model_args, data_args, petl_args, training_args, callbacks=[TuneReportCallback(metric_key)], trial=True)
+
+    return trainable
+
+
+def run_search(argv: list[str] | None = None) -> dict:
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, PopulationBasedTraining
+
+    from petl.metrics import default_selection_metric
+    from petl.search import load_space, mutations, to_tune
+    from petl.tasks import get_task
+
+    model_args, data_args, petl_args, training_args, search_args = parse_args(argv)
+    if search_args.search_scheduler not in ("pbt", "asha"):
+        raise PetlError(f"--search_scheduler {search_args.search_scheduler!r} is not one of pbt, asha")
+    if search_args.search_trials < 1:
+        raise PetlError(f"--search_trials {search_args.search_trials} is invalid; allowed: >= 1")
+    methods = petl_args.method_names()
+    petl_args.method_configs()  # flag validation before any trial starts
+    space = load_space(search_args.search_space, methods)
+    task = get_task(data_args.task_name) if data_args.task_name else None
+    is_regression = bool(task and task.labels is None)
+    metric = (
+        search_args.search_metric
+        or training_args.metric_for_best_model
+        or default_selection_metric(task.name if task else None, is_regression)
+    ).removeprefix("eval_")
+    metric_key = f"eval_{metric}"
+    mode = "min" if metric in ("loss", "mse") else "max"
+    if training_args.eval_strategy == "no":
+        raise PetlError("--eval_strategy no leaves the search nothing to compare; use epoch or steps")
+
+    out_dir = Path(training_args.output_dir or f"outputs/search-{data_args.task_name or 'custom'}-{petl_args.method.replace(',', '+')}")
+    out_dir = out_dir.resolve()
+    results_file = out_dir / "search_results.json"
+    if results_file.exists() and not (training_args.overwrite_output_dir or search_args.resume):
+        raise PetlError(f"--output_dir {str(out_dir)!r} already holds a search; pass --resume or --overwrite_output_dir")
+    # trials run in other folders: make every local path absolute
+    for obj, name in ((data_args, "glue_dir"), (data_args, "train_file"), (data_args, "validation_file"), (data_args, "test_file"),
+                      (model_args, "model_name_or_path"), (training_args, "cache_dir")):  # fmt: skip
+        value = getattr(obj, name)
+        if value and Path(value).exists():
+            setattr(obj, name, str(Path(value).resolve()))
+    base = (model_args, data_args, petl_args, training_args)
+
+    if search_args.search_scheduler == "pbt":
+        scheduler = PopulationBasedTraining(
+            time_attr="training_iteration",
+            perturbation_interval=search_args.perturbation_interval,
+            hyperparam_mutations=mutations(space) or None,
+            quantile_fraction=0.5,
+        )
+    else:
+        scheduler = ASHAScheduler(time_attr="training_iteration", grace_period=1, reduction_factor=2)
+    # PBT's exploit/explore decisions draw from Python's random; trial sampling from the search algorithm
+    import random
+
+    import numpy as np
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    random.seed(search_args.search_seed)
+    np.random.seed(search_args.search_seed)
+    # trials run in Ray workers, in their own folders: give them the repository and the data location
+    env = {"PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false"}
+    if os.environ.get("GLUE_DIR"):
+        env["GLUE_DIR"] = os.environ["GLUE_DIR"]
+    ray.init(
+        address=search_args.ray_address,
+        include_dashboard=False,
+        log_to_driver=False,
+        ignore_reinit_error=True,
+        runtime_env={"env_vars": env},
+    )
+    try:
+        trainable = tune.with_resources(
+            make_trainable(base, metric_key), {"cpu": search_args.cpus_per_trial, "gpu": search_args.gpus_per_trial}
+        )
+        storage = out_dir / "ray"
+        if search_args.resume and (storage / "search").exists():
+            tuner = tune.Tuner.restore(str(storage / "search"), trainable=trainable, resume_errored=True)
+        else:
+            tuner = tune.Tuner(
+                trainable,
+                param_space=to_tune(space),
+                tune_config=tune.TuneConfig(
+                    metric="objective",
+                    mode=mode,
+                    scheduler=scheduler,
+                    search_alg=BasicVariantGenerator(random_state=search_args.search_seed),
+                    num_samples=search_args.search_trials,
+                    reuse_actors=False,
+                ),
+                run_config=tune.RunConfig(
+                    name="search",
+                    storage_path=str(storage),
+                    failure_config=tune.FailureConfig(max_failures=search_args.max_failures),
+                    # PBT exploits may restore any trial's latest checkpoint at any time: keep them all
+                    # (delta-only, so small); ASHA never restores across trials
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=None if search_args.search_scheduler == "pbt" else 2),
+                    verbose=1,
+                ),
+            )
+        grid = tuner.fit()
+    finally:
+        ray.shutdown()
+
+    trials = []
+    for result in grid:
+        history = result.metrics_dataframe
+        best_value = None
+        if history is not None and "objective" in history:
+            best_value = float(history["objective"].max() if mode == "max" else history["objective"].min())
+        trials.append(
+            {
+                "trial_id": result.metrics.get("trial_id") if result.metrics else None,
+                "config": result.config,
+                "final_objective": (result.metrics or {}).get("objective"),
+                "best_objective": best_value,
+                "error": None if result.error is None else str(result.error).splitlines()[0],
+            }
+        )
+    ok = [t for t in trials if t["best_objective"] is not None]
+    if not ok:
+        raise PetlError(f"every trial failed; first error: {trials[0]['error'] if trials else 'no trials'}")
+    best = (max if mode == "max" else min)(ok, key=lambda t: t["best_objective"])
+    summary = {
+        "scheduler": search_args.search_scheduler,
+        "metric": metric,
+        "mode": mode,
+        "space": space,
+        "best_config": best["config"],
+        "best_validation_score": best["best_objective"],
+        "trials": trials,
+        "failed_trials": sum(1 for t in trials if t["error"]),
+    }
+    print(format_trials(trials, metric))
+    print(f"best {metric} on validation: {best['best_objective']:.4f} with {json.dumps(best['config'])}")
+    if search_args.final_retrain:
+        model_args, data_args, petl_args, training_args = apply_config(base, best["config"])
+        training_args.seed = training_args.seed + 1000  # a fresh seed: the score is not the search's luck
+        training_args.output_dir = str(out_dir / "best")
+        training_args.overwrite_output_dir = True
+        import run_glue
+
+        record = run_glue.run(model_args, data_args, petl_args, training_args)
+        summary["final_retrain"] = {
+            "seed": training_args.seed,
+            "output_dir": training_args.output_dir,
+            "validation_metrics": record.get("validation_metrics"),
+            "test_metrics": record.get("test_metrics"),
+        }
+    from petl.results import write_json_atomic
+
+    write_json_atomic(results_file, summary)
+    return summary
+
+
+def format_trials(trials: list[dict], metric: str) -> str:
+    keys = sorted({k for t in trials for k in t["config"]})
+    lines = ["| trial | " + " | ".join(keys) + f" | best {metric} | final | error |", "|" + "---|" * (len(keys) + 4)]
+    for t in trials:
+        vals = [f"{t['config'].get(k):.3g}" if isinstance(t["config"].get(k), float) else str(t["config"].get(k)) for k in keys]
+        best = "" if t["best_objective"] is None else f"{t['best_objective']:.4f}"
+        final = "" if t["final_objective"] is None else f"{t['final_objective']:.4f}"
+        lines.append(f"| {t['trial_id']} | " + " | ".join(vals) + f" | {best} | {final} | {t['error'] or ''} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO, datefmt="%H:%M:%S")
+    return exit_status(lambda: run_search(argv) and None)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""Sweeps: grid expansion, one JSONL record per cell, resume, failed cells recorded, report files."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from petl.errors import PetlError
+from petl.report import glue_table, write_report
+from petl.sweep import expand_cells, load_grid, main, run_sweep
+
+
+def _grid(tmp_path, glue_dir, **extra) -> str:
+    grid = {
+        "name": "tiny",
+        "results": str(tmp_path / "tiny.jsonl"),
+        "output_dir": str(tmp_path / "out"),
+        "model_name_or_path": "minilm-l6",
+        "tasks": ["mrpc"],
+        "seeds": [1],
+        "layers": [0, 1],
+        "arguments": {
+            "glue_dir": str(glue_dir),
+            "num_hidden_layers": 2,
+            "pooler_type": "avg",
+            "split_mode": "heldout",
+            "max_train_samples": 96,
+            "max_eval_samples": 64,
+            "num_train_epochs": 1,
+            "learning_rate": 1e-3,
+            "per_device_train_batch_size": 16,
+        },  # fmt: skip
+        "methods": {
+            "lora": {"method": "lora", "lora_layers": "{layer}"},
+            "raw": {"method": "head", "num_hidden_layers": "{next}", "layers": [1]},
+            "adapter-dim": {"method": "pfeiffer", "adapter_layers": "1", "adapter_dim": [1, 4]},
+            **extra,
+        },
+    }
+    path = tmp_path / "grid.json"
+    path.write_text(json.dumps(grid))
+    return str(path)
+
+
+def test_grid_expands_layers_settings_and_seeds(tmp_path, glue_dir):
+    grid = load_grid(_grid(tmp_path, glue_dir))
+    grid["seeds"] = [1, 2]
+    cells = expand_cells(grid, num_layers=2)
+    ids = [c.cell_id for c in cells]
+    assert len(ids) == 2 * 2 + 1 * 2 + 2 * 2
+    assert "mrpc/lora/layer=0/seed=2" in ids and "mrpc/adapter-dim/adapter_dim=4/seed=1" in ids
+    raw = next(c for c in cells if c.method_name == "raw")
+    assert raw.arguments["num_hidden_layers"] == 2 and raw.layer == 1
+    assert next(c for c in cells if c.cell_id == "mrpc/lora/layer=1/seed=1").arguments["lora_layers"] == 1
+
+
+def test_out_of_range_layers_and_bad_grids_are_clear_errors(tmp_path, glue_dir):
+    grid = load_grid(_grid(tmp_path, glue_dir))
+    grid["layers"] = [0, 5]
+    with pytest.raises(PetlError, match="layer 5 is out of range for a 2-layer model"):
+        expand_cells(grid, num_layers=2)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"tasks": ["mrpc"], "methods": {"x": {"method": "lora"}}, "sedes": [1]}))
+    with pytest.raises(PetlError, match="unknown key 'sedes'"):
+        load_grid(str(bad))
+    assert main([str(tmp_path / "missing.yaml")]) == 2
+
+
+def test_sweep_records_resumes_keeps_failures_and_reports(tmp_path, glue_dir):
+    # a rank larger than the hidden size fails that cell only; the others run
+    path = _grid(tmp_path, glue_dir, broken={"method": "lora", "lora_layers": "1", "lora_rank": 100000})
+    summary = run_sweep(path)
+    assert summary == {"cells": 6, "to_run": 6, "ran": 6, "failed": 1}
+    lines = [json.loads(x) for x in (tmp_path / "tiny.jsonl").read_text().splitlines()]
+    assert len(lines) == 6
+    failed = [x for x in lines if x["status"] == "failed"]
+    assert len(failed) == 1 and "rank" in failed[0]["error"] and failed[0]["cell_id"] == "mrpc/broken/seed=1"
+    ok = {x["cell_id"]: x for x in lines if x["status"] == "ok"}
+    assert ok["mrpc/lora/layer=0/seed=1"]["frozen_layer_cache"] is None  # layer 0: nothing to cache
+    assert ok["mrpc/lora/layer=1/seed=1"]["frozen_layer_cache"]["start_layer"] == 1
+    assert ok["mrpc/raw/layer=1/seed=1"]["trainable_parameters_without_head"] == 0
+    dims = {x["setting"]["adapter_dim"]: x["trainable_parameters_without_head"] for x in lines if x["method_name"] == "adapter-dim"}
+    assert dims[4] > dims[1] > 0
+    # re-run: only the failed cell is tried again; nothing already finished is repeated or lost
+    again = run_sweep(path)
+    assert again["to_run"] == 1 and len((tmp_path / "tiny.jsonl").read_text().splitlines()) == 7
+    assert run_sweep(path, retry_failed=False)["to_run"] == 0
+    # report: figures and the table from the JSONL alone
+    written = {p.name for p in write_report(str(tmp_path / "tiny.jsonl"), str(tmp_path / "fig"))}
+    assert {"layers_mrpc_minilm-l6.png", "scale_up_mrpc_minilm-l6.png", "table_tiny_minilm-l6.md"} <= written
+    table = (tmp_path / "fig" / "table_tiny_minilm-l6.md").read_text()
+    assert "MRPC, split heldout" in table and "seeds 1" in table and "gap bridged" in table
+
+
+def test_table_relative_improvement_and_gap_bridged():
+    def rec(name, value, seed=1, layer=None):
+        return {"method_name": name, "layer": layer, "task": "rte", "seed": seed, "selection_metric": "accuracy",
+                "reported_metrics": {"test": {"accuracy": value}}, "setting": {}}  # fmt: skip
+
+    records = [rec("raw-avg", 0.50), rec("raw-cls", 0.55), rec("lora", 0.60, layer=5), rec("lora", 0.62, seed=2, layer=5),
+               rec("full", 0.71)]  # fmt: skip
+    header, rows, csv_rows = glue_table(records)
+    assert header[1] == "rte"
+    by = {r[0]: r for r in rows}
+    assert by["lora@5"][1] == "**61.0 ± 1.4**"
+    assert by["relative improvement"][1] == "+10.9%"  # (61 - 55) / 55
+    assert by["gap bridged"][1] == "37.5%"  # (61 - 55) / (71 - 55)
