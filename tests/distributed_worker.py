@@ -87,7 +87,14 @@ def main() -> int:
             objs.append(cls(**{k: v for k, v in values.items() if k in names}))
         try:
             record = run_glue.run(*objs)
-            status[tag] = {"ok": True, "validation_loss": record["validation_metrics"]["loss"], "train_loss": record["train_loss"]}
+            status[tag] = {
+                "ok": True,
+                "validation_loss": record["validation_metrics"]["loss"],
+                "validation_accuracy": record["validation_metrics"]["accuracy"],
+                "train_loss": record["train_loss"],
+                "split_fingerprints": record["split"]["fingerprints"],
+                "results_files": sorted(p.name for p in (out / tag).glob("results.json")),
+            }
         except Exception as err:  # noqa: BLE001 - reported per method; the test names the failing cell
             status[tag] = {"ok": False, "error": f"{type(err).__name__}: {err}"[:500]}
             import traceback
