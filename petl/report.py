@@ -199,7 +199,7 @@ def glue_table(records: list[dict]) -> tuple[list[str], list[list[str]], list[di
                 cells.append("")
                 continue
             mean, std, _, _ = means[(lab, t)]
-            text = f"{mean:.1f} ± {std:.1f}"
+            text = f"{mean:.1f} ± {std:.1f}" if len(by[(lab, t)]) > 1 else f"{mean:.1f} (1 seed)"
             if best_petl[t] and best_petl[t][1] == lab:
                 text = f"**{text}**"
             cells.append(text)
