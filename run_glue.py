@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from argument_classes import DataArguments, ModelArguments, PetlArguments, PetlTrainingArguments
+from argument_classes import ARGUMENT_CLASSES, DataArguments, ModelArguments, PetlArguments, PetlTrainingArguments
 from petl.errors import PetlError, exit_status
 
 METRIC_NAMES = ("accuracy", "f1", "matthews_correlation", "pearson", "spearmanr", "mse", "combined_score")
@@ -30,7 +30,7 @@ logger = logging.getLogger("run_glue")
 def parse_args(argv: list[str] | None = None):
     from transformers import HfArgumentParser
 
-    parser = HfArgumentParser((ModelArguments, DataArguments, PetlArguments, PetlTrainingArguments))
+    parser = HfArgumentParser(ARGUMENT_CLASSES)
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) == 1 and argv[0].endswith(".json"):
         if not Path(argv[0]).is_file():
@@ -85,18 +85,14 @@ def load_data(data_args, training_args):
 def adopt_saved_model_settings(saved: dict, model_args: ModelArguments) -> None:
     """A saved delta fixes the base model, pooler and depth: take them unless the user gave others."""
     defaults = ModelArguments()
-    for field, key in (
-        ("model_name_or_path", "model_name_or_path"),
-        ("pooler_type", "pooler_type"),
-        ("num_hidden_layers", "num_hidden_layers"),
-    ):
-        if key not in saved:
+    for name in ("model_name_or_path", "pooler_type", "num_hidden_layers"):
+        if name not in saved:
             continue
-        given = getattr(model_args, field)
-        if given == getattr(defaults, field):
-            setattr(model_args, field, saved[key])
-        elif given != saved[key]:
-            raise PetlError(f"--{field} {given!r} differs from the saved delta's {saved[key]!r} (--load_petl)")
+        given = getattr(model_args, name)
+        if given == getattr(defaults, name):
+            setattr(model_args, name, saved[name])
+        elif given != saved[name]:
+            raise PetlError(f"--{name} {given!r} differs from the saved delta's {saved[name]!r} (--load_petl)")
 
 
 def write_predictions(out_dir: Path, task, labels, name: str, preds: np.ndarray, ids: list) -> Path:

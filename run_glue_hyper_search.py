@@ -20,12 +20,13 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from argument_classes import DataArguments, ModelArguments, PetlArguments, PetlTrainingArguments
+from argument_classes import ARGUMENT_CLASSES
 from petl.errors import PetlError, exit_status
 
 logger = logging.getLogger("run_glue_hyper_search")
@@ -48,7 +49,7 @@ class SearchArguments:
     search_seed: int = field(default=0, metadata={"help": "Seed of the search (sampling, PBT decisions)."})
 
 
-ARG_CLASSES = (ModelArguments, DataArguments, PetlArguments, PetlTrainingArguments, SearchArguments)
+ARG_CLASSES = (*ARGUMENT_CLASSES, SearchArguments)
 
 
 def parse_args(argv: list[str] | None = None):
@@ -89,32 +90,30 @@ def _as_declared(value, declared: str):
     return value
 
 
-class TuneReportCallback:
-    """After each checkpoint save (which follows an evaluation), report the evaluation to Tune with
-    the checkpoint folder: the delta, optimizer, scheduler and trainer state."""
+def tune_report_callback(metric_key: str):
+    """A Trainer callback that, after each checkpoint save (which follows an evaluation), reports
+    the evaluation to Tune with the checkpoint folder: delta, optimizer, scheduler, trainer state."""
+    from transformers import TrainerCallback
 
-    def __new__(cls, metric_key: str):
-        from transformers import TrainerCallback
+    class TuneReport(TrainerCallback):
+        def __init__(self):
+            self.last = None
 
-        class _Callback(TrainerCallback):
-            def __init__(self):
-                self.last = None
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            self.last = dict(metrics or {})
 
-            def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-                self.last = dict(metrics or {})
+        def on_save(self, args, state, control, **kwargs):
+            from ray import tune
 
-            def on_save(self, args, state, control, **kwargs):
-                from ray import tune
+            if self.last is None or metric_key not in self.last:
+                return
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            report = {k: float(v) for k, v in self.last.items() if isinstance(v, (int, float))}
+            report.update(step=state.global_step, epoch=float(state.epoch or 0), objective=float(self.last[metric_key]))
+            tune.report(report, checkpoint=tune.Checkpoint.from_directory(str(folder)))
+            self.last = None
 
-                if self.last is None or metric_key not in self.last:
-                    return
-                folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-                report = {k: float(v) for k, v in self.last.items() if isinstance(v, (int, float))}
-                report.update(step=state.global_step, epoch=float(state.epoch or 0), objective=float(self.last[metric_key]))
-                tune.report(report, checkpoint=tune.Checkpoint.from_directory(str(folder)))
-                self.last = None
-
-        return _Callback()
+    return TuneReport()
 
 
 def make_trainable(base_args: tuple, metric_key: str):
@@ -135,11 +134,9 @@ def make_trainable(base_args: tuple, metric_key: str):
         if checkpoint is not None:  # PBT exploit or a retried trial: continue from that state
             restored = trial_dir / "restored"
             with checkpoint.as_directory() as folder:
-                import shutil
-
                 shutil.copytree(folder, restored)
             training_args.resume_from_checkpoint = str(restored)
-        run_glue.run(model_args, data_args, petl_args, training_args, callbacks=[TuneReportCallback(metric_key)], trial=True)
+        run_glue.run(model_args, data_args, petl_args, training_args, callbacks=[tune_report_callback(metric_key)], trial=True)
 
     return trainable
 

@@ -334,8 +334,10 @@ def main() -> int:
         earlier = json.loads((out_dir / f"{stem}.json").read_text())["rows"]
     rows = []
 
-    def key(r: dict) -> tuple:
-        return (r["model"], r["name"], r["impl"], r["cache"])
+    def with_earlier(rows: list[dict]) -> list[dict]:
+        """Today's earlier rows that this run has not re-measured, then this run's rows."""
+        remeasured = {(r["model"], r["name"], r["impl"], r["cache"]) for r in rows}
+        return [r for r in earlier if (r["model"], r["name"], r["impl"], r["cache"]) not in remeasured] + rows
 
     for model in args.models.split(","):
         wanted = {s.split(":", 1)[-1] for s in only if ":" not in s or s.startswith(model + ":")}
@@ -358,10 +360,8 @@ def main() -> int:
                 else f"{1000 * row['median_step_seconds']:.0f} ms/step, epoch {row['epoch_seconds']:.1f} s"
             )
             print(f"{model:<11} {cfg['name']:<12} {cfg['impl']:<5} cache={'yes' if cfg['cache'] else 'no ':<3} {shown}", flush=True)
-            remeasured = {key(r) for r in rows}
-            write([r for r in earlier if key(r) not in remeasured] + rows)
-    remeasured = {key(r) for r in rows}
-    rows = [r for r in earlier if key(r) not in remeasured] + rows
+            write(with_earlier(rows))
+    rows = with_earlier(rows)
     targets = write(rows)
     print(markdown(rows, targets, meta))
     print(f"wrote {out_dir / stem}.json and .md")

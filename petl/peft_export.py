@@ -9,7 +9,7 @@ from pathlib import Path
 from safetensors.torch import save_file
 from torch import nn
 
-from petl.core import _owner
+from petl.core import _owner, petl_state_dict
 from petl.errors import PetlError
 from petl.methods.lora import lora_modules
 from petl.models import PooledClassifier, head_module_names
@@ -36,7 +36,7 @@ def export_peft(model: nn.Module, directory: str, base_model_name_or_path: str =
     dropout = first.lora_dropout.p if isinstance(first.lora_dropout, nn.Dropout) else 0.0
     head = head_module_names(model)
     if state is None:
-        state = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if n in _owner(model)}
+        state = petl_state_dict(model)
     tensors = {}
     for name, _ in modules:
         for part in ("lora_A", "lora_B"):

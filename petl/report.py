@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import statistics
 import sys
 from collections import defaultdict
 from pathlib import Path
 
 from petl.errors import PetlError, exit_status
+from petl.results import read_jsonl
 
 METRIC_LABELS = {"f1": "F1", "accuracy": "accuracy", "matthews_correlation": "MCC", "combined_score": "Pearson/Spearman mean"}
 
@@ -33,17 +33,10 @@ def load_records(path: str) -> list[dict]:
     file = Path(path)
     if not file.is_file():
         raise PetlError(f"results file {path!r} does not exist")
-    records = []
-    for number, line in enumerate(file.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            print(f"warning: {path}:{number} is not JSON (an interrupted write?); skipped", file=sys.stderr)
-            continue
-        if rec.get("status", "ok") == "ok":
-            records.append(rec)
+    found, bad = read_jsonl(file)
+    for number in bad:
+        print(f"warning: {path}:{number} is not JSON (an interrupted write?); skipped", file=sys.stderr)
+    records = [rec for rec in found if rec.get("status", "ok") == "ok"]
     if not records:
         raise PetlError(f"results file {path!r} holds no finished cells")
     # a re-run cell (retried after failure, or repeated) counts once: the last record wins

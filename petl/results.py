@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from petl.errors import PetlError
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_FILE = "results.json"
 
@@ -61,6 +63,37 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
 
 def write_json_atomic(path: str | os.PathLike, record: dict) -> None:
     write_text_atomic(path, json.dumps(record, indent=2, default=str) + "\n")
+
+
+def read_yaml_or_json(path: str, what: str) -> Any:
+    """Parse a YAML (.yaml/.yml) or JSON file; a missing file or a parse error is one PetlError line
+    naming `what` (e.g. "--search_space", "grid file") and the path."""
+    file = Path(path)
+    if not file.is_file():
+        raise PetlError(f"{what} {path!r} does not exist")
+    text = file.read_text()
+    try:
+        if file.suffix in (".yaml", ".yml"):
+            import yaml
+
+            return yaml.safe_load(text)
+        return json.loads(text)
+    except Exception as err:  # noqa: BLE001 - any parse error becomes one clear line
+        kind = file.suffix.lstrip(".") or "JSON"
+        raise PetlError(f"{what} {path!r} is not valid {kind}: {str(err).splitlines()[0]}") from None
+
+
+def read_jsonl(path: str | os.PathLike) -> tuple[list[dict], list[int]]:
+    """The records of a JSONL file, and the numbers of lines that are not JSON (a write cut short)."""
+    records, bad = [], []
+    for number, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            bad.append(number)
+    return records, bad
 
 
 def append_jsonl(path: str | os.PathLike, record: dict) -> None:

@@ -14,12 +14,11 @@ warm-up, batch size) is drawn once per trial and travels with the trial's checkp
 
 from __future__ import annotations
 
-import json
 from dataclasses import fields
-from pathlib import Path
 from typing import Any
 
 from petl.errors import PetlError
+from petl.results import read_yaml_or_json
 
 DISTRIBUTIONS = ("loguniform", "uniform", "choice", "randint")
 MUTABLE = ("learning_rate", "head_lr", "petl_lr", "weight_decay")
@@ -47,10 +46,10 @@ DEFAULT_SPACES: dict[str, dict[str, dict]] = {
 
 def searchable_arguments() -> dict[str, type]:
     """Every run_glue.py argument a space may name, with its dataclass field type."""
-    from argument_classes import DataArguments, ModelArguments, PetlArguments, PetlTrainingArguments
+    from argument_classes import ARGUMENT_CLASSES
 
     out = {}
-    for cls in (ModelArguments, DataArguments, PetlArguments, PetlTrainingArguments):
+    for cls in ARGUMENT_CLASSES:
         for f in fields(cls):
             if f.name not in NOT_SEARCHABLE:
                 out[f.name] = f.type
@@ -70,20 +69,7 @@ def load_space(path: str | None, methods: list[str]) -> dict[str, dict]:
     if path is None:
         space = default_space(methods)
     else:
-        file = Path(path)
-        if not file.is_file():
-            raise PetlError(f"--search_space {path!r} does not exist")
-        text = file.read_text()
-        try:
-            if file.suffix in (".yaml", ".yml"):
-                import yaml
-
-                space = yaml.safe_load(text)
-            else:
-                space = json.loads(text)
-        except Exception as err:  # noqa: BLE001 - any parse error becomes one clear line
-            kind = file.suffix.lstrip(".") or "JSON"
-            raise PetlError(f"--search_space {path!r} is not valid {kind}: {str(err).splitlines()[0]}") from None
+        space = read_yaml_or_json(path, "--search_space")
     validate_space(space, str(path or "default space"))
     return space
 

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import dataclasses
 import itertools
 import json
 import logging
@@ -47,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from petl.errors import PetlError, exit_status
+from petl.results import read_jsonl, read_yaml_or_json
 
 logger = logging.getLogger("petl.sweep")
 
@@ -75,18 +75,7 @@ class Cell:
 
 
 def load_grid(path: str) -> dict:
-    file = Path(path)
-    if not file.is_file():
-        raise PetlError(f"grid file {path!r} does not exist")
-    try:
-        if file.suffix in (".yaml", ".yml"):
-            import yaml
-
-            grid = yaml.safe_load(file.read_text())
-        else:
-            grid = json.loads(file.read_text())
-    except Exception as err:  # noqa: BLE001 - any parse error becomes one clear line
-        raise PetlError(f"grid file {path!r} is not valid {file.suffix.lstrip('.') or 'JSON'}: {str(err).splitlines()[0]}") from None
+    grid = read_yaml_or_json(path, "grid file")
     if not isinstance(grid, dict):
         raise PetlError(f"grid file {path!r}: expected a mapping with keys {', '.join(sorted(GRID_KEYS))}")
     unknown = sorted(set(grid) - GRID_KEYS)
@@ -95,7 +84,7 @@ def load_grid(path: str) -> dict:
     for key in ("tasks", "methods"):
         if not grid.get(key):
             raise PetlError(f"grid file {path!r}: {key!r} is missing or empty")
-    grid.setdefault("name", file.stem)
+    grid.setdefault("name", Path(path).stem)
     grid.setdefault("seeds", [42])
     grid.setdefault("arguments", {})
     grid.setdefault("results", f"results/{grid['name']}.jsonl")
@@ -170,11 +159,7 @@ def finished_cells(results: Path, retry_failed: bool = True) -> set[str]:
     done = set()
     if not results.is_file():
         return done
-    for line in results.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
+    for rec in read_jsonl(results)[0]:
         if rec.get("status") == "ok" or (not retry_failed and rec.get("status") == "failed"):
             done.add(rec.get("cell_id"))
     return done
@@ -182,7 +167,7 @@ def finished_cells(results: Path, retry_failed: bool = True) -> set[str]:
 
 def build_arguments(grid: dict, cell: Cell, output_dir: Path, results: Path):
     """The four run_glue argument objects for one cell; unknown names are one clear error."""
-    from argument_classes import DataArguments, ModelArguments, PetlArguments, PetlTrainingArguments
+    from argument_classes import arguments_from_dict
 
     values = {
         "disable_tqdm": True,
@@ -199,15 +184,7 @@ def build_arguments(grid: dict, cell: Cell, output_dir: Path, results: Path):
         values.setdefault("model_name_or_path", grid["model_name_or_path"])
     values.setdefault("cache_frozen_layers", True)
     values.setdefault("cache_dir", str(output_dir / "cache"))
-    objs = []
-    for cls in (ModelArguments, DataArguments, PetlArguments, PetlTrainingArguments):
-        names = {f.name for f in dataclasses.fields(cls) if f.init}
-        objs.append(cls(**{k: v for k, v in values.items() if k in names}))
-    known = set().union(*({f.name for f in dataclasses.fields(type(o))} for o in objs))
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise PetlError(f"cell {cell.cell_id}: {unknown[0]!r} is not a run_glue.py argument")
-    return tuple(objs)
+    return arguments_from_dict(values, f"cell {cell.cell_id}")
 
 
 def slim_record(record: dict) -> dict:

@@ -34,6 +34,11 @@ def no_decay_parameter_names(model: nn.Module) -> set[str]:
     return names
 
 
+def group_learning_rates(learning_rate: float, head_lr: float | None, petl_lr: float | None) -> dict[str, float]:
+    """Learning rate per group kind: --head_lr and --petl_lr default to --learning_rate."""
+    return {"head": head_lr or learning_rate, "petl": petl_lr or learning_rate, "other": learning_rate}
+
+
 def build_param_groups(
     model: nn.Module, learning_rate: float, weight_decay: float, head_lr: float | None, petl_lr: float | None
 ) -> list[dict]:
@@ -47,7 +52,7 @@ def build_param_groups(
         method = owner.get(name, ("other", None))[0]
         kind = "head" if method == "head" else ("petl" if is_new_parameter(model, name) else "other")
         groups.setdefault((kind, name not in no_decay), []).append((name, param))
-    lrs = {"head": head_lr or learning_rate, "petl": petl_lr or learning_rate, "other": learning_rate}
+    lrs = group_learning_rates(learning_rate, head_lr, petl_lr)
     out = []
     for (kind, decay), items in sorted(groups.items()):
         out.append(
@@ -133,7 +138,7 @@ class PetlTrainer(Trainer):
         if checkpoint is None or self.optimizer is None:
             return
         args = self.args
-        lrs = {"head": args.head_lr or args.learning_rate, "petl": args.petl_lr or args.learning_rate, "other": args.learning_rate}
+        lrs = group_learning_rates(args.learning_rate, args.head_lr, args.petl_lr)
         scheduler = self.lr_scheduler
         for i, group in enumerate(self.optimizer.param_groups):
             name = group.get("group_name", "other")
@@ -159,9 +164,10 @@ class PetlTrainer(Trainer):
             return super()._save(output_dir, state_dict)
         output_dir = output_dir or self.args.output_dir
         state = None
-        if state_dict is not None:  # DeepSpeed hands over the gathered weights (ZeRO-3: the only whole copy)
-            state = {n: state_dict[n].detach().cpu().contiguous() for n in _owner(self.model) if n in state_dict}
-            state = state if len(state) == len(_owner(self.model)) else None
+        trained = _owner(self.model)
+        if state_dict is not None and all(n in state_dict for n in trained):
+            # DeepSpeed hands over the gathered weights (under ZeRO-3 the only whole copy)
+            state = {n: state_dict[n].detach().cpu().contiguous() for n in trained}
         save_petl(self.model, output_dir, state=state)
         torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
 

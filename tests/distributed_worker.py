@@ -73,7 +73,7 @@ def main() -> int:
     args = parser.parse_args()
 
     import run_glue
-    from argument_classes import DataArguments, ModelArguments, PetlArguments, PetlTrainingArguments
+    from argument_classes import arguments_from_dict
 
     out = Path(args.out)
     extra = json.loads(args.extra)
@@ -81,12 +81,8 @@ def main() -> int:
     status = {}
     for tag in methods.split(","):
         values = {**common_arguments(args.glue_dir, out, tag, args.deepspeed_config, extra), **METHODS[tag]}
-        objs = []
-        for cls in (ModelArguments, DataArguments, PetlArguments, PetlTrainingArguments):
-            names = {f.name for f in cls.__dataclass_fields__.values() if f.init}
-            objs.append(cls(**{k: v for k, v in values.items() if k in names}))
         try:
-            record = run_glue.run(*objs)
+            record = run_glue.run(*arguments_from_dict(values))
             status[tag] = {
                 "ok": True,
                 "validation_loss": record["validation_metrics"]["loss"],

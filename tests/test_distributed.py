@@ -64,16 +64,12 @@ def runs(tmp_path_factory, glue_dir):
 def _reload_validation_loss(folder: Path, glue_dir: Path) -> float:
     """`run_glue.py --load_petl` in this single process: the saved delta, evaluated."""
     import run_glue
-    from argument_classes import DataArguments, ModelArguments, PetlArguments, PetlTrainingArguments
+    from argument_classes import arguments_from_dict
 
     values = common_arguments(str(glue_dir), folder.parent / "reload", folder.name, None, {})
     values.update(load_petl=str(folder), max_steps=-1)
     del values["deepspeed"]
-    objs = []
-    for cls in (ModelArguments, DataArguments, PetlArguments, PetlTrainingArguments):
-        names = {f.name for f in cls.__dataclass_fields__.values() if f.init}
-        objs.append(cls(**{k: v for k, v in values.items() if k in names}))
-    return run_glue.run(*objs)["validation_metrics"]["loss"]
+    return run_glue.run(*arguments_from_dict(values))["validation_metrics"]["loss"]
 
 
 @pytest.mark.parametrize("stage", STAGES)
