@@ -22,6 +22,7 @@ import numpy as np
 from argument_classes import ARGUMENT_CLASSES, DataArguments, ModelArguments, PetlArguments, PetlTrainingArguments
 from petl.errors import PetlError, exit_status
 
+DECODER_PAIR_TEMPLATE = "{s1}\n{s2}"
 METRIC_NAMES = ("accuracy", "f1", "matthews_correlation", "pearson", "spearmanr", "mse", "combined_score")
 
 logger = logging.getLogger("run_glue")
@@ -150,8 +151,9 @@ def run(
     import transformers
     from transformers import DataCollatorWithPadding, set_seed
 
+    from petl.arch import is_decoder
     from petl.core import apply_petl, format_summary, load_petl, petl_state_dict, read_petl_config, save_petl, trainable_summary
-    from petl.data import plan_splits, tokenize_split
+    from petl.data import ExtraInputsCollator, check_pair_template, plan_splits, tokenize_split
     from petl.metrics import default_selection_metric, glue_metrics
     from petl.models import load_model, load_tokenizer, resolve_model_path
     from petl.results import RESULTS_FILE, append_jsonl, git_commit, library_versions, peak_memory, write_json_atomic
@@ -163,12 +165,16 @@ def run(
         saved = read_petl_config(petl_args.load_petl)
         petl_args.method = ",".join(m["method"] for m in saved["methods"])
         adopt_saved_model_settings(saved, model_args)
+        if data_args.pair_template is None:
+            data_args.pair_template = saved.get("pair_template")  # the delta was trained on texts joined this way
         method_configs = None
     else:
         method_configs = petl_args.method_configs()
     method_names = petl_args.method_names()
-    if model_args.pooler_type not in ("model", "cls", "avg", "last"):
-        raise PetlError(f"--pooler_type {model_args.pooler_type!r} is not one of model, cls, avg, last")
+    if model_args.pooler_type not in ("auto", "model", "cls", "avg", "last"):
+        raise PetlError(f"--pooler_type {model_args.pooler_type!r} is not one of auto, model, cls, avg, last")
+    if data_args.pair_template is not None:
+        check_pair_template(data_args.pair_template)
     if data_args.split_mode not in ("official", "heldout"):
         raise PetlError(f"--split_mode {data_args.split_mode!r} is not one of official, heldout")
     if training_args.cache_dtype not in ("float32", "bfloat16", "float16"):
@@ -212,7 +218,9 @@ def run(
             id2label=None if labels.is_regression else dict(enumerate(labels.names)),
             classifier_dropout=model_args.classifier_dropout,
             config_overrides=model_args.config_overrides,
+            pad_token_id=tokenizer.pad_token_id,
         )
+    model_args.pooler_type = model.petl_pooler_type  # `auto` resolved: recorded and saved as what ran
     if petl_args.load_petl:
         load_petl(model, petl_args.load_petl)
     else:
@@ -223,13 +231,29 @@ def run(
         return {"parameter_report": summary}
     logger.info("parameter report\n%s", format_summary(summary))
 
+    pair_template = data_args.pair_template
+    if pair_template is None and is_decoder(model):
+        pair_template = DECODER_PAIR_TEMPLATE  # decoders have no pair format: never glue sentences without a boundary
+    extra_tokenizers = getattr(model, "petl_extra_inputs", None)  # IDPG's encoder reads its own tokens
+
     def encode(split):
-        return tokenize_split(split, tokenizer, data_args.max_seq_length, data_args.pad_to_max_length, labels.is_regression)
+        return tokenize_split(
+            split,
+            tokenizer,
+            data_args.max_seq_length,
+            data_args.pad_to_max_length,
+            labels.is_regression,
+            pair_template=pair_template,
+            extra_tokenizers=extra_tokenizers,
+        )
 
     train_ds = encode(plan.train)
     eval_ds = {name: encode(split) for name, split in plan.eval_sets.items()}
     predict_ds = {name: encode(split) for name, split in plan.predict_sets.items()} if training_args.do_predict else {}
     collator = DataCollatorWithPadding(tokenizer)
+    if extra_tokenizers:
+        collator = ExtraInputsCollator(collator, extra_tokenizers)
+        training_args.remove_unused_columns = False  # the model's pre-hook consumes the <prefix>_* columns
     cache_info = None
     if training_args.frozen_layers_eval_mode and not training_args.cache_frozen_layers:
         from petl.cache import cache_start_layer, keep_frozen_bottom_in_eval_mode
@@ -309,7 +333,11 @@ def run(
     if training_args.do_train:
         state = petl_state_dict(model)  # every rank: gathers the slices under ZeRO-3
         if trainer.is_world_process_zero():
-            extra = {"model_name_or_path": model_args.model_name_or_path, "pooler_type": model_args.pooler_type}
+            extra = {
+                "model_name_or_path": model_args.model_name_or_path,
+                "pooler_type": model_args.pooler_type,
+                "pair_template": pair_template,
+            }
             save_petl(model, out_dir, extra=extra, state=state)
             if petl_args.export_peft:
                 from petl.peft_export import export_peft
@@ -332,6 +360,7 @@ def run(
             "model_type": model.config.model_type,
             "num_hidden_layers": model.config.num_hidden_layers,
             "pooler_type": model_args.pooler_type,
+            "pair_template": pair_template,
         },
         "method": petl_args.method,
         "method_configs": summary["methods"],

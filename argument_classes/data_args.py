@@ -24,6 +24,13 @@ class DataArguments:
         },
     )
     split_seed: int = field(default=42, metadata={"help": "Seed of the held-out split and of subsampling."})
+    pair_template: str | None = field(
+        default=None,
+        metadata={
+            "help": "Join sentence pairs into one text, e.g. '{s1}\\n{s2}' (needs both placeholders). "
+            "Default: the tokenizer's pair format for encoders, '{s1}\\n{s2}' for decoders."
+        },
+    )
     max_seq_length: int = field(default=128, metadata={"help": "Truncate inputs to this many tokens."})
     pad_to_max_length: bool = field(default=False, metadata={"help": "Pad to max_seq_length instead of per batch."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Seeded random subset of training data."})

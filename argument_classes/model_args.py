@@ -7,13 +7,14 @@ from dataclasses import dataclass, field
 class ModelArguments:
     model_name_or_path: str = field(
         default="minilm-l6",
-        metadata={"help": "Hub id, local folder, or packaged alias (minilm-l6, mpnet-base) that resolves offline."},
+        metadata={"help": "Hub id, local folder, or packaged alias (minilm-l6, mpnet-base, smollm2-135m) that resolves offline."},
     )
     pooler_type: str = field(
-        default="model",
+        default="auto",
         metadata={
             "help": "model: the backbone's own HF sequence-classification head; cls|avg|last: one shared head "
-            "(dense-tanh-out) on the CLS token, the mask-aware mean, or the last non-padding token."
+            "(dense-tanh-out) on the CLS token, the mask-aware mean, or the last non-padding token (from the "
+            "attention mask). auto: model for encoders, last for decoders (GPT-2, Llama)."
         },
     )
     num_hidden_layers: int | None = field(default=None, metadata={"help": "Keep only the bottom N layers."})

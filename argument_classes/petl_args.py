@@ -14,7 +14,7 @@ class PetlArguments:
         default="full",
         metadata={
             "help": "Comma-separated methods: full, head, ffn, bitfit, lora, adapter, houlsby, pfeiffer, "
-            "parallel, prefix, prompt (e.g. adapter,lora)."
+            "parallel, prefix, prompt, ptuning, idpg (e.g. adapter,lora)."
         },
     )
     load_petl: str | None = field(default=None, metadata={"help": "Restore a saved delta (folder) before eval/predict."})
@@ -53,7 +53,24 @@ class PetlArguments:
     prompt_length: int = field(default=10, metadata={"help": "Number of soft prompt tokens."})
     prompt_init: str = field(default="random", metadata={"help": "random, vocab, or text."})
     prompt_init_text: str = field(default="", metadata={"help": "Text whose token embeddings initialise prompts."})
-    prompt_position: str = field(default="after_cls", metadata={"help": "after_cls: after the first token; start: before it (as PEFT)."})
+    prompt_position: str = field(
+        default="auto",
+        metadata={"help": "after_cls: after the first token; start: before it (as PEFT); auto: after_cls, start on decoders."},
+    )
+    # P-tuning
+    ptuning_length: int = field(default=10, metadata={"help": "Number of prompt vectors."})
+    ptuning_hidden: int = field(default=0, metadata={"help": "BiLSTM hidden size per direction (0: model hidden // 2)."})
+    ptuning_position: str = field(default="auto", metadata={"help": "Where prompts go: auto, after_cls, start."})
+    # IDPG
+    idpg_encoder: str = field(default="minilm-l6", metadata={"help": "Sentence encoder: packaged alias, local folder or hub id."})
+    idpg_pooling: str = field(default="avg", metadata={"help": "Encoder pooling: cls, avg or last."})
+    idpg_hidden: int = field(default=256, metadata={"help": "Generator bottleneck width."})
+    idpg_prompt_length: int = field(default=5, metadata={"help": "Prompt vectors generated per input."})
+    idpg_variant: str = field(
+        default="original",
+        metadata={"help": "original (frozen encoder), trained (encoder trains), prompt_only (one shared prompt), reparam (no encoder)."},
+    )
+    idpg_position: str = field(default="auto", metadata={"help": "Where prompts go: auto, after_cls, start."})
 
     def method_names(self) -> list[str]:
         from petl.core import parse_methods, validate_combination

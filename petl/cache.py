@@ -49,6 +49,11 @@ def cache_start_layer(model: nn.Module) -> int:
     owner = getattr(model, "petl_owner", None)
     if owner is None:
         raise PetlError("--cache_frozen_layers needs PETL methods applied first")
+    if arch_for(model).embeddings is None:
+        raise PetlError(
+            f"--cache_frozen_layers is not supported for {model.config.model_type}: its embeddings are not one module "
+            "that the cached states could replace; drop the flag"
+        )
     below_layers = sorted({m for n, (m, layer) in owner.items() if layer is None and m != "head"})
     if below_layers:
         raise PetlError(

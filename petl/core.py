@@ -64,6 +64,13 @@ def validate_combination(names: list[str]) -> None:
     adapters = [n for n in names if get_method(n).flag_prefix == "adapter"]
     if len(adapters) > 1:
         raise PetlError(f"--method combines adapter presets {','.join(adapters)}; use one adapter method")
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        if get_method(name).group:
+            groups.setdefault(get_method(name).group, []).append(name)
+    for group, members in groups.items():
+        if len(members) > 1:
+            raise PetlError(f"--method combines {','.join(members)}, which are all {group} methods; choose one")
 
 
 def apply_petl(model: nn.Module, methods: list[MethodConfig] | list[dict] | str) -> nn.Module:
@@ -79,8 +86,11 @@ def apply_petl(model: nn.Module, methods: list[MethodConfig] | list[dict] | str)
     head_names = head_parameter_names(model)  # before methods attach modules of their own
     model.requires_grad_(False)
     owner: dict[str, tuple[str, int | None]] = OrderedDict()
+    parts: dict[str, str] = {}
     for cfg in configs:
         for name, layer in get_method(cfg.method).apply(model, cfg).items():
+            if isinstance(layer, tuple):
+                layer, parts[name] = layer
             owner[name] = (cfg.method, layer)
     params = dict(model.named_parameters())
     for name in head_names:
@@ -94,6 +104,7 @@ def apply_petl(model: nn.Module, methods: list[MethodConfig] | list[dict] | str)
         raise PetlError(f"internal: trainable parameters owned by no method: {stray[:3]}")
     model.petl_methods = configs
     model.petl_owner = owner
+    model.petl_parts = parts
     return model
 
 
@@ -107,21 +118,29 @@ def _owner(model: nn.Module) -> dict[str, tuple[str, int | None]]:
 def is_new_parameter(model: nn.Module, name: str) -> bool:
     """True for parameters a method added (not part of the pretrained backbone or the head)."""
     method, _ = _owner(model).get(name, (None, None))
-    return method not in (None, "head") and get_method(method).new_parameters
+    if method in (None, "head"):
+        return False
+    entry = get_method(method)
+    return entry.new_parameters and getattr(model, "petl_parts", {}).get(name) not in entry.pretrained_parts
 
 
 def trainable_summary(model: nn.Module) -> dict[str, Any]:
-    """Parameter report: one row per (method, layer), the head separately, and totals.
+    """Parameter report: one row per (method[/part], layer), the head separately, and totals.
 
-    `backbone` is the pretrained model without the head and without anything a method added."""
+    `backbone` is the pretrained model without the head and without anything a method added;
+    `auxiliary_frozen_parameters` counts frozen modules a method brought (IDPG's encoder)."""
     owner = _owner(model)
+    parts = getattr(model, "petl_parts", {})
     params = dict(model.named_parameters())
     head = {n for n, (m, _) in owner.items() if m == "head"}
     new = {n for n in owner if is_new_parameter(model, n)}
-    backbone_total = sum(p.numel() for n, p in params.items() if n not in head and n not in new)
+    backbone_prefix = _layers_prefix(model).removesuffix(arch_for(model).layers + ".")
+    in_backbone = lambda n: n.startswith(backbone_prefix) and n not in new and n not in head  # noqa: E731
+    backbone_total = sum(p.numel() for n, p in params.items() if in_backbone(n))
+    auxiliary = sum(p.numel() for n, p in params.items() if not in_backbone(n) and n not in owner)
     rows: dict[tuple[str, Any], int] = OrderedDict()
     for name, (method, layer) in owner.items():
-        key = (method, layer)
+        key = (f"{method}/{parts[name]}" if name in parts else method, layer)
         rows[key] = rows.get(key, 0) + params[name].numel()
     table = []
     for (method, layer), count in sorted(rows.items(), key=lambda kv: (kv[0][0] == "head", kv[0][0], -1 if kv[0][1] is None else kv[0][1])):
@@ -142,20 +161,27 @@ def trainable_summary(model: nn.Module) -> dict[str, Any]:
         "trainable_parameters_without_head": trainable - head_count,
         "head_parameters": head_count,
         "backbone_parameters": backbone_total,
+        "auxiliary_frozen_parameters": auxiliary,
         "total_parameters": sum(p.numel() for p in params.values()),
         "trainable_share_of_backbone": (trainable - head_count) / backbone_total,
     }
 
 
 def format_summary(summary: dict[str, Any]) -> str:
-    lines = [f"{'method':<10} {'layer':>5} {'parameters':>12} {'% backbone':>10}"]
+    width = max([10, *(len(r["method"]) for r in summary["rows"])])
+    lines = [f"{'method':<{width}} {'layer':>5} {'parameters':>12} {'% backbone':>10}"]
     for row in summary["rows"]:
         layer = "-" if row["layer"] is None else str(row["layer"])
-        lines.append(f"{row['method']:<10} {layer:>5} {row['parameters']:>12,} {100 * row['share_of_backbone']:>9.4f}%")
+        lines.append(f"{row['method']:<{width}} {layer:>5} {row['parameters']:>12,} {100 * row['share_of_backbone']:>9.4f}%")
     lines.append(
         f"trainable {summary['trainable_parameters']:,} (without head {summary['trainable_parameters_without_head']:,}, "
         f"{100 * summary['trainable_share_of_backbone']:.4f}% of the {summary['backbone_parameters']:,}-parameter backbone); "
         f"total {summary['total_parameters']:,}"
+        + (
+            f" (incl. {summary['auxiliary_frozen_parameters']:,} frozen in method modules)"
+            if summary.get("auxiliary_frozen_parameters")
+            else ""
+        )
     )
     return "\n".join(lines)
 

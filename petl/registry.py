@@ -3,8 +3,10 @@
 A method is a config dataclass (its fields are the CLI flags `--<flag_prefix>_<field>`) plus an
 `apply(model, config) -> {param_name: layer}` function that attaches or unfreezes parameters and
 returns the trainable parameters it owns, keyed by full name, with their layer (None if not
-layer-specific). `new_parameters` says whether those are new (they get `--petl_lr`) or existing
-backbone weights (they get `--learning_rate`).
+layer-specific), or `(layer, part)` to report parts of a method separately (IDPG: generator,
+encoder). `new_parameters` says whether those are new (they get `--petl_lr`) or existing backbone
+weights (they get `--learning_rate`); parts listed in `pretrained_parts` count as existing weights.
+Methods of one `group` (e.g. "input prompt") exclude each other.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ class MethodEntry:
     exclusive: bool = False  # may not be combined with any other method
     preset: dict[str, Any] = field(default_factory=dict)  # fixed field values (presets such as houlsby)
     description: str = ""
+    group: str | None = None  # at most one method of a group per run
+    pretrained_parts: tuple[str, ...] = ()  # parts holding pretrained weights (trained at --learning_rate)
 
 
 METHODS: dict[str, MethodEntry] = {}

@@ -8,3 +8,5 @@ from petl.methods import lora  # noqa: F401
 from petl.methods import adapter  # noqa: F401  adapter, houlsby, pfeiffer, parallel
 from petl.methods import prefix  # noqa: F401
 from petl.methods import prompt  # noqa: F401
+from petl.methods import ptuning  # noqa: F401
+from petl.methods import idpg  # noqa: F401

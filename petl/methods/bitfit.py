@@ -10,8 +10,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from petl.arch import slot_range, split_slot
 from petl.errors import PetlError
-from petl.methods.hooks import arch_for, chosen_layers, layer_module, owned_parameters, parse_targets
+from petl.methods.hooks import arch_for, chosen_layers, owned_parameters, parse_targets, target_module
 from petl.registry import MethodConfig, MethodEntry, register
 
 BITFIT_TARGETS = ("q", "k", "v", "o", "ffn_in", "ffn_out", "attn_ln", "ffn_ln")
@@ -27,7 +28,13 @@ class BitfitConfig(MethodConfig):
 
 
 def _bias_delta_hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
-    return output + module.bias_delta
+    if not module.bias_delta_slots:  # whole output
+        return output + module.bias_delta
+    # fused projection (GPT-2 c_attn): a delta only on the chosen slots' columns
+    delta = output.new_zeros(output.shape[-1])
+    for slot, (start, end) in module.bias_delta_slots.items():
+        delta = delta.index_add(0, torch.arange(start, end, device=delta.device), getattr(module, f"bias_delta_{slot}").to(delta.dtype))
+    return output + delta
 
 
 def apply_bitfit(model: nn.Module, config: BitfitConfig) -> dict[str, int | None]:
@@ -39,17 +46,23 @@ def apply_bitfit(model: nn.Module, config: BitfitConfig) -> dict[str, int | None
             for path in paths[target]:
                 if path is None:
                     raise PetlError(f"--bitfit_targets {target!r}: this architecture has no such module")
-                module = layer_module(model, layer, path)
+                module, slot = target_module(model, layer, path)
                 bias = getattr(module, "bias", None)
                 if bias is None:
                     raise PetlError(
-                        f"BitFit needs biases, but {path} in {model.config.model_type} has none; "
-                        "choose another method or targets with biases"
+                        f"BitFit needs biases, but {split_slot(path)[0]} in {model.config.model_type} has none "
+                        f"(--bitfit_targets {target}); choose another method, or targets that have biases"
                     )
-                module.bias_delta = nn.Parameter(torch.zeros_like(bias))
-                module.bias_delta.petl_no_decay = True
-                module.register_forward_hook(_bias_delta_hook, prepend=True)
-                owned.update(owned_parameters(model, module, layer, ("bias_delta",)))
+                if not hasattr(module, "bias_delta_slots"):
+                    module.bias_delta_slots = {}
+                    module.register_forward_hook(_bias_delta_hook, prepend=True)
+                columns = slot_range(module, slot, arch)
+                name = "bias_delta" if slot is None else f"bias_delta_{slot}"
+                setattr(module, name, nn.Parameter(torch.zeros_like(bias if columns is None else bias[columns[0] : columns[1]])))
+                getattr(module, name).petl_no_decay = True
+                if slot is not None:
+                    module.bias_delta_slots[slot] = columns
+                owned.update(owned_parameters(model, module, layer, (name,)))
     return owned
 
 

@@ -6,7 +6,7 @@ import inspect
 
 from torch import nn
 
-from petl.arch import arch_for, layer_module, num_layers
+from petl.arch import arch_for, layer_module, num_layers, split_slot
 from petl.errors import PetlError
 from petl.layers import parse_layers
 
@@ -23,6 +23,12 @@ def parse_targets(spec: str, allowed: tuple[str, ...], flag: str) -> list[str]:
 
 def chosen_layers(model: nn.Module, spec: str, flag: str) -> list[int]:
     return parse_layers(spec, num_layers(model), flag)
+
+
+def target_module(model: nn.Module, layer: int, path: str) -> tuple[nn.Module, str | None]:
+    """The module behind an architecture-map path and its fused slot (`attn.c_attn@q` -> c_attn, "q")."""
+    module_path, slot = split_slot(path)
+    return layer_module(model, layer, module_path), slot
 
 
 def full_name(model: nn.Module, module: nn.Module) -> str:
@@ -61,4 +67,4 @@ def unbind(bound: inspect.BoundArguments) -> tuple[tuple, dict]:
     return tuple(bound.args), kwargs
 
 
-__all__ = ["arch_for", "layer_module", "parse_targets", "chosen_layers", "owned_parameters", "bind_arguments", "unbind"]
+__all__ = ["arch_for", "layer_module", "target_module", "parse_targets", "chosen_layers", "owned_parameters", "bind_arguments", "unbind"]

@@ -1,7 +1,9 @@
 """LoRA (Hu et al. 2021): y = W x + (alpha / r) * B A dropout(x), with B = 0 at init.
 
-A and B live on the wrapped Linear as `lora_A` / `lora_B` (PEFT's names), and a forward hook adds
-the update, so the base weights keep their names and can be merged in place."""
+A and B live on the wrapped Linear (or GPT-2 Conv1D) as `lora_A` / `lora_B` (PEFT's names), and a
+forward hook adds the update, so the base weights keep their names and can be merged in place. On a
+fused projection (GPT-2's c_attn) each chosen slot has its own pair, `lora_A_q` / `lora_B_q`, whose
+update touches only that slot's output columns."""
 
 from __future__ import annotations
 
@@ -11,8 +13,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from petl.arch import projection_features, slot_range
 from petl.errors import PetlError
-from petl.methods.hooks import arch_for, chosen_layers, layer_module, owned_parameters, parse_targets
+from petl.methods.hooks import arch_for, chosen_layers, owned_parameters, parse_targets, target_module
 from petl.registry import MethodConfig, MethodEntry, register
 
 LORA_TARGETS = ("q", "k", "v", "o", "ffn_in", "ffn_out")
@@ -34,29 +37,51 @@ class LoraConfig(MethodConfig):
             raise PetlError(f"--lora_dropout {self.dropout} is out of range; allowed: [0, 1)")
 
 
-def _lora_hook(module: nn.Linear, args: tuple, output: torch.Tensor) -> torch.Tensor:
+def _lora_update(module: nn.Module, slot: str | None, x: torch.Tensor) -> torch.Tensor:
+    suffix = f"_{slot}" if slot else ""
+    return getattr(module, f"lora_B{suffix}")(getattr(module, f"lora_A{suffix}")(x)) * module.lora_scaling
+
+
+def _lora_hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
     if module.lora_merged:
         return output
     x = module.lora_dropout(args[0])
-    return output + module.lora_B(module.lora_A(x)) * module.lora_scaling
+    slots = module.lora_slots  # {slot or None: (start, end) or None}
+    if None in slots:
+        return output + _lora_update(module, None, x)
+    # fused projection: add each chosen slot's update to its own columns only
+    pieces, at = [], 0
+    for slot, (start, end) in sorted(slots.items(), key=lambda kv: kv[1][0]):
+        pieces += [output[..., at:start], output[..., start:end] + _lora_update(module, slot, x)]
+        at = end
+    pieces.append(output[..., at:])
+    return torch.cat(pieces, dim=-1)
 
 
-def attach_lora(linear: nn.Linear, rank: int, alpha: float, dropout: float) -> None:
-    if not isinstance(linear, nn.Linear):
-        raise PetlError(f"LoRA needs an nn.Linear target, got {type(linear).__name__}")
-    limit = min(linear.in_features, linear.out_features)
+def attach_lora(
+    module: nn.Module, rank: int, alpha: float, dropout: float, columns: tuple[int, int] | None = None, slot: str | None = None
+) -> None:
+    """LoRA on an nn.Linear or Conv1D; with `columns`, on that slot of a fused projection only
+    (its own A and B: GPT-2's q and v each get a rank-r update, as with separate projections)."""
+    in_features, out_features = projection_features(module)
+    width = out_features if columns is None else columns[1] - columns[0]
+    limit = min(in_features, width)
     if rank > limit:
         raise PetlError(f"--lora_rank {rank} is larger than the target's size; allowed: 1..{limit}")
-    linear.lora_A = nn.Linear(linear.in_features, rank, bias=False)
-    linear.lora_B = nn.Linear(rank, linear.out_features, bias=False)
-    nn.init.kaiming_uniform_(linear.lora_A.weight, a=math.sqrt(5))
-    nn.init.zeros_(linear.lora_B.weight)
-    linear.lora_A.to(linear.weight.device)
-    linear.lora_B.to(linear.weight.device)
-    linear.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-    linear.lora_scaling = alpha / rank
-    linear.lora_merged = False
-    linear.register_forward_hook(_lora_hook, prepend=True)  # before adapters on the same module
+    suffix = f"_{slot}" if slot else ""
+    lora_a = nn.Linear(in_features, rank, bias=False)
+    lora_b = nn.Linear(rank, width, bias=False)
+    nn.init.kaiming_uniform_(lora_a.weight, a=math.sqrt(5))
+    nn.init.zeros_(lora_b.weight)
+    setattr(module, f"lora_A{suffix}", lora_a.to(module.weight.device))
+    setattr(module, f"lora_B{suffix}", lora_b.to(module.weight.device))
+    if not hasattr(module, "lora_slots"):
+        module.lora_slots = {}
+        module.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        module.lora_scaling = alpha / rank
+        module.lora_merged = False
+        module.register_forward_hook(_lora_hook, prepend=True)  # before adapters on the same module
+    module.lora_slots[slot] = columns
 
 
 def apply_lora(model: nn.Module, config: LoraConfig) -> dict[str, int | None]:
@@ -66,14 +91,15 @@ def apply_lora(model: nn.Module, config: LoraConfig) -> dict[str, int | None]:
     for layer in chosen_layers(model, config.layers, "lora_layers"):
         for target in parse_targets(config.targets, LORA_TARGETS, "lora_targets"):
             for path in paths[target]:
-                linear = layer_module(model, layer, path)
-                attach_lora(linear, config.rank, config.alpha, config.dropout)
-                owned.update(owned_parameters(model, linear, layer, ("lora_A", "lora_B")))
+                module, slot = target_module(model, layer, path)
+                attach_lora(module, config.rank, config.alpha, config.dropout, slot_range(module, slot, arch), slot)
+                suffix = f"_{slot}" if slot else ""
+                owned.update(owned_parameters(model, module, layer, (f"lora_A{suffix}", f"lora_B{suffix}")))
     return owned
 
 
-def lora_modules(model: nn.Module) -> list[tuple[str, nn.Linear]]:
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear) and hasattr(m, "lora_A")]
+def lora_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    return [(n, m) for n, m in model.named_modules() if hasattr(m, "lora_slots")]
 
 
 @torch.no_grad()
@@ -83,8 +109,16 @@ def merge_lora(model: nn.Module, merge: bool = True) -> int:
     for _, m in lora_modules(model):
         if m.lora_merged == merge:
             continue
-        delta = (m.lora_B.weight @ m.lora_A.weight) * m.lora_scaling
-        m.weight.add_(delta if merge else -delta)
+        conv1d = not isinstance(m, nn.Linear)  # Conv1D stores its weight as (in, out)
+        for slot, columns in m.lora_slots.items():
+            suffix = f"_{slot}" if slot else ""
+            delta = (getattr(m, f"lora_B{suffix}").weight @ getattr(m, f"lora_A{suffix}").weight) * m.lora_scaling
+            delta = delta if merge else -delta
+            start, end = columns if columns is not None else (0, delta.shape[0])
+            if conv1d:
+                m.weight[:, start:end].add_(delta.T)
+            else:
+                m.weight[start:end].add_(delta)
         m.lora_merged = merge
         changed += 1
     return changed

@@ -1,16 +1,19 @@
 """Prefix tuning (Li & Liang 2021): P learned key/value vectors prepended at chosen layers.
 
 How it is attached without forking any modeling code, in one of two ways:
-- attention modules that take `past_key_values` (BERT, RoBERTa): a pre-hook passes a one-layer
-  key/value store whose `update` prepends the prefix to the keys and values, and widens the
-  attention mask's key axis to P + T. Queries stay T rows: the cost is PEFT's.
+- attention modules that take `past_key_values` (BERT, RoBERTa, GPT-2, Llama): a pre-hook passes a
+  one-layer key/value store whose `update` prepends the prefix to the keys and values, and widens
+  the attention mask's key axis to P + T (for decoders, whose mask may be None = "causal", it
+  builds the causal mask with P always-visible prefix columns). Queries stay T rows: the cost is
+  PEFT's. Under grouped-query attention the prefix has one key/value per key/value head.
 - others (MPNet): a pre-hook prepends P placeholder rows to the input and widens the mask (and
   MPNet's relative position bias) to P + T; hooks on the k and v projections replace the
   placeholder rows by the prefix; a post-hook drops the P extra output rows.
 Either way real tokens attend to [prefix; tokens] exactly as with past key/values.
 
 Positions: by default real tokens keep positions 0..T-1. `shift_positions` starts them at P, as
-PEFT and P-tuning v2 do when they pass the prefix as past key/values.
+PEFT and P-tuning v2 do when they pass the prefix as past key/values. (Llama's rotary positions
+are applied to the real keys before the prefix joins them; prefix keys are learned as they are.)
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from petl.arch import backbone_of, get_module
+from petl.arch import attention_geometry, backbone_of, get_module
 from petl.errors import PetlError
 from petl.methods.hooks import arch_for, bind_arguments, chosen_layers, layer_module, owned_parameters
 from petl.registry import MethodConfig, MethodEntry, register
@@ -44,15 +47,16 @@ class PrefixConfig(MethodConfig):
 class Prefix(nn.Module):
     """Per-layer prefix: direct key/value tables, or Li & Liang's MLP over a learned embedding."""
 
-    def __init__(self, length: int, hidden: int, mlp_dim: int, std: float):
+    def __init__(self, length: int, hidden: int, mlp_dim: int, std: float, kv_dim: int | None = None):
         super().__init__()
         self.length = length
+        kv_dim = kv_dim or hidden  # key/value width: smaller than hidden under grouped-query attention
         if mlp_dim > 0:
             self.embedding = nn.Parameter(torch.randn(length, hidden) * std)
-            self.mlp = nn.Sequential(nn.Linear(hidden, mlp_dim), nn.Tanh(), nn.Linear(mlp_dim, 2 * hidden))
+            self.mlp = nn.Sequential(nn.Linear(hidden, mlp_dim), nn.Tanh(), nn.Linear(mlp_dim, 2 * kv_dim))
         else:
-            self.key = nn.Parameter(torch.randn(length, hidden) * std)
-            self.value = nn.Parameter(torch.randn(length, hidden) * std)
+            self.key = nn.Parameter(torch.randn(length, kv_dim) * std)
+            self.value = nn.Parameter(torch.randn(length, kv_dim) * std)
         self.current: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def key_value(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -110,18 +114,35 @@ def _pad_key_axis(mask: torch.Tensor | None, p: int) -> torch.Tensor | None:
     return torch.cat([cols, mask], dim=-1)
 
 
-def _kv_store_pre_hook(module, args, kwargs):
-    prefix: Prefix = module.prefix
-    bound = bind_arguments(module, args, kwargs)
-    hidden = bound.arguments["hidden_states"]
-    k, v = prefix.key_value()
-    head_dim = module.attention_head_size
-    heads = k.shape[-1] // head_dim
-    as_heads = lambda x: x.view(prefix.length, heads, head_dim).transpose(0, 1)  # noqa: E731
-    bound.arguments["past_key_values"] = PrefixKeyValues(as_heads(k.to(hidden.dtype)), as_heads(v.to(hidden.dtype)))
-    if "attention_mask" in bound.arguments:
-        bound.arguments["attention_mask"] = _pad_key_axis(bound.arguments["attention_mask"], prefix.length)
-    return bound.args, bound.kwargs
+def _head_dim(attn: nn.Module) -> int | None:
+    return getattr(attn, "attention_head_size", None) or getattr(attn, "head_dim", None)
+
+
+def _causal_mask_with_prefix(hidden: torch.Tensor, p: int) -> torch.Tensor:
+    """(1, 1, T, P + T) boolean mask: every query sees the P prefix keys and the tokens up to itself."""
+    t = hidden.shape[1]
+    causal = torch.ones(t, t, dtype=torch.bool, device=hidden.device).tril()
+    return torch.cat([causal.new_ones(t, p), causal], dim=1)[None, None]
+
+
+def _kv_store_pre_hook(causal: bool):
+    def hook(module, args, kwargs):
+        prefix: Prefix = module.prefix
+        bound = bind_arguments(module, args, kwargs)
+        hidden = bound.arguments["hidden_states"]
+        k, v = prefix.key_value()
+        head_dim = _head_dim(module)
+        heads = k.shape[-1] // head_dim
+        as_heads = lambda x: x.view(prefix.length, heads, head_dim).transpose(0, 1)  # noqa: E731
+        bound.arguments["past_key_values"] = PrefixKeyValues(as_heads(k.to(hidden.dtype)), as_heads(v.to(hidden.dtype)))
+        mask = bound.arguments.get("attention_mask")
+        if mask is None and causal:  # None means "causal" to a decoder's attention; with a prefix it must be explicit
+            bound.arguments["attention_mask"] = _causal_mask_with_prefix(hidden, prefix.length)
+        elif mask is not None:
+            bound.arguments["attention_mask"] = _pad_key_axis(mask, prefix.length)
+        return bound.args, bound.kwargs
+
+    return hook
 
 
 def _attention_pre_hook(bias_arg: str | None):
@@ -191,19 +212,37 @@ def _shift_positions_hook(length: int):
 
 
 def _takes_key_value_store(attn: nn.Module) -> bool:
-    return "past_key_values" in inspect.signature(attn.forward).parameters and hasattr(attn, "attention_head_size")
+    return "past_key_values" in inspect.signature(attn.forward).parameters and _head_dim(attn) is not None
+
+
+def _decoder_positions_hook(length: int):
+    """Decoders: real tokens at positions P..P+T-1, as when the prefix is a real key/value cache."""
+
+    def hook(module, args, kwargs):
+        bound = bind_arguments(module, args, kwargs)
+        if bound.arguments.get("position_ids") is None:
+            ids, embeds = bound.arguments.get("input_ids"), bound.arguments.get("inputs_embeds")
+            ref = ids if ids is not None else embeds
+            t = ref.shape[1]
+            bound.arguments["position_ids"] = torch.arange(length, length + t, device=ref.device).unsqueeze(0).expand(ref.shape[0], -1)
+        return bound.args, bound.kwargs
+
+    return hook
 
 
 def apply_prefix(model: nn.Module, config: PrefixConfig) -> dict[str, int | None]:
     arch = arch_for(model)
     hidden = model.config.hidden_size
+    _, kv_heads, head_dim = attention_geometry(model.config)
     std = getattr(model.config, "initializer_range", 0.02)
     owned = {}
     for layer in chosen_layers(model, config.layers, "prefix_layers"):
         attn = layer_module(model, layer, arch.self_attn)
-        attn.prefix = Prefix(config.length, hidden, config.mlp_dim, std).to(next(attn.parameters()).device)
+        attn.prefix = Prefix(config.length, hidden, config.mlp_dim, std, kv_heads * head_dim).to(next(attn.parameters()).device)
         if _takes_key_value_store(attn):
-            attn.register_forward_pre_hook(_kv_store_pre_hook, with_kwargs=True)
+            attn.register_forward_pre_hook(_kv_store_pre_hook(arch.decoder), with_kwargs=True)
+        elif arch.decoder:
+            raise PetlError(f"prefix tuning: {type(attn).__name__} takes no past_key_values; this decoder is not supported")
         else:
             for i, path in enumerate((arch.k, arch.v)):
                 proj = layer_module(model, layer, path)
@@ -214,7 +253,9 @@ def apply_prefix(model: nn.Module, config: PrefixConfig) -> dict[str, int | None
         for p in attn.prefix.parameters():
             p.petl_no_decay = True
         owned.update(owned_parameters(model, attn, layer, ("prefix",)))
-    if config.shift_positions:
+    if config.shift_positions and arch.decoder:
+        backbone_of(model).register_forward_pre_hook(_decoder_positions_hook(config.length), with_kwargs=True)
+    elif config.shift_positions:
         embeddings = get_module(backbone_of(model), arch.embeddings)
         embeddings.register_forward_pre_hook(_shift_positions_hook(config.length), with_kwargs=True)
     return owned

@@ -1,9 +1,12 @@
 """Prompt tuning (Lester et al. 2021): P soft tokens inserted at the input embeddings.
 
 A pre-hook on the top-level model turns `input_ids` into `inputs_embeds`, inserts the prompts and
-extends `attention_mask` and `token_type_ids`. By default the prompts go right after the first
-(special) token, so CLS pooling still reads the real CLS token; `position=start` puts them before
-it, as PEFT does."""
+extends `attention_mask` and `token_type_ids`. `position`: `after_cls` puts them right after the
+first (special) token, so CLS pooling still reads the real CLS token; `start` puts them before it,
+as PEFT does; `auto` (default) is `after_cls` for encoders and `start` for decoders (no CLS token).
+
+`attach_input_prompts` is shared by every method that inserts prompts at the input (prompt tuning,
+P-tuning, IDPG): they differ only in the module that produces the prompts."""
 
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ class PromptConfig(MethodConfig):
     length: int = 10
     init: str = "random"
     init_text: str = ""
-    position: str = "after_cls"
+    position: str = "auto"
 
     def validate(self) -> None:
         if self.length < 1:
@@ -32,8 +35,21 @@ class PromptConfig(MethodConfig):
             raise PetlError(f"--prompt_init {self.init!r} is not one of random, vocab, text")
         if self.init == "text" and not self.init_text:
             raise PetlError("--prompt_init text needs --prompt_init_text")
-        if self.position not in ("after_cls", "start"):
-            raise PetlError(f"--prompt_position {self.position!r} is not one of after_cls, start")
+        validate_position(self.position, "prompt_position")
+
+
+PROMPT_POSITIONS = ("auto", "after_cls", "start")
+
+
+def validate_position(position: str, flag: str) -> None:
+    if position not in PROMPT_POSITIONS:
+        raise PetlError(f"--{flag} {position!r} is not one of {', '.join(PROMPT_POSITIONS)}")
+
+
+def insert_index(model: nn.Module, position: str) -> int:
+    if position == "auto":
+        position = "start" if arch_for(model).decoder else "after_cls"
+    return 1 if position == "after_cls" else 0
 
 
 class SoftPrompt(nn.Module):
@@ -68,8 +84,12 @@ def _insert(x: torch.Tensor, block: torch.Tensor, at: int) -> torch.Tensor:
     return torch.cat([x[:, :at], block, x[:, at:]], dim=1)
 
 
-def _prompt_pre_hook(model_ref: nn.Module, word_embeddings: nn.Embedding, prompt: SoftPrompt, at: int):
+def _prompt_pre_hook(word_embeddings: nn.Embedding, source: nn.Module, at: int, extra_prefix: str | None):
     def hook(module, args, kwargs):
+        # inputs meant for the prompt source (IDPG's encoder reads its own tokens): removed before binding
+        extra = {}
+        if extra_prefix:
+            extra = {k.removeprefix(f"{extra_prefix}_"): kwargs.pop(k) for k in list(kwargs) if k.startswith(f"{extra_prefix}_")}
         bound = bind_arguments(module, args, kwargs)
         a = bound.arguments
         input_ids = a.get("input_ids")
@@ -79,9 +99,11 @@ def _prompt_pre_hook(model_ref: nn.Module, word_embeddings: nn.Embedding, prompt
                 raise PetlError("prompt tuning needs input_ids or inputs_embeds")
             embeds = word_embeddings(input_ids)
         b = embeds.shape[0]
-        prompts = prompt()
-        p = prompts.shape[0]
-        block = prompts.to(embeds.dtype).unsqueeze(0).expand(b, -1, -1)
+        prompts = source(**extra)  # (P, h) shared, or (B, P, h) per instance; called as a module (ZeRO-3 gathers)
+        if prompts.dim() == 2:
+            prompts = prompts.unsqueeze(0)
+        p = prompts.shape[1]
+        block = prompts.to(embeds.dtype).expand(b, -1, -1)
         a["inputs_embeds"] = _insert(embeds, block, at)
         a["input_ids"] = None
         if a.get("attention_mask") is not None:
@@ -97,13 +119,27 @@ def _prompt_pre_hook(model_ref: nn.Module, word_embeddings: nn.Embedding, prompt
     return hook
 
 
+def attach_input_prompts(model: nn.Module, source: nn.Module, position: str, extra_prefix: str | None = None) -> None:
+    """Insert `source(...)`'s prompts into every forward's input embeddings at `position`."""
+    word_embeddings = get_module(backbone_of(model), arch_for(model).word_embeddings)
+    hook = _prompt_pre_hook(word_embeddings, source, insert_index(model, position), extra_prefix)
+    model.register_forward_pre_hook(hook, with_kwargs=True)
+
+
 def apply_prompt(model: nn.Module, config: PromptConfig) -> dict[str, int | None]:
-    arch = arch_for(model)
-    word_embeddings = get_module(backbone_of(model), arch.word_embeddings)
+    word_embeddings = get_module(backbone_of(model), arch_for(model).word_embeddings)
     model.soft_prompt = SoftPrompt(_initial_prompt(model, word_embeddings, config))
-    at = 1 if config.position == "after_cls" else 0
-    model.register_forward_pre_hook(_prompt_pre_hook(model, word_embeddings, model.soft_prompt, at), with_kwargs=True)
+    attach_input_prompts(model, model.soft_prompt, config.position)
     return owned_parameters(model, model, None, ("soft_prompt",))
 
 
-register(MethodEntry("prompt", PromptConfig, apply_prompt, flag_prefix="prompt", description="soft prompt tokens at the input embeddings"))
+register(
+    MethodEntry(
+        "prompt",
+        PromptConfig,
+        apply_prompt,
+        flag_prefix="prompt",
+        group="input prompt",
+        description="soft prompt tokens at the input embeddings",
+    )
+)
