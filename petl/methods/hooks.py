@@ -63,8 +63,21 @@ def bind_arguments(module: nn.Module, args: tuple, kwargs: dict) -> inspect.Boun
 
 
 def unbind(bound: inspect.BoundArguments) -> tuple[tuple, dict]:
-    kwargs = dict(bound.kwargs)
-    return tuple(bound.args), kwargs
+    """A pre-hook's (args, kwargs) from bound arguments: every argument that can go by name goes
+    by name. (Passing them positionally breaks forwards wrapped by transformers' output-capturing
+    decorator, which adds keyword defaults such as `use_cache` of its own.)"""
+    args, kwargs = [], {}
+    for name, value in bound.arguments.items():
+        kind = bound.signature.parameters[name].kind
+        if kind == inspect.Parameter.POSITIONAL_ONLY:
+            args.append(value)
+        elif kind == inspect.Parameter.VAR_POSITIONAL:
+            args.extend(value)
+        elif kind == inspect.Parameter.VAR_KEYWORD:
+            kwargs.update(value)
+        else:
+            kwargs[name] = value
+    return tuple(args), kwargs
 
 
 __all__ = ["arch_for", "layer_module", "target_module", "parse_targets", "chosen_layers", "owned_parameters", "bind_arguments", "unbind"]

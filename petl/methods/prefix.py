@@ -26,7 +26,7 @@ from torch import nn
 
 from petl.arch import attention_geometry, backbone_of, get_module
 from petl.errors import PetlError
-from petl.methods.hooks import arch_for, bind_arguments, chosen_layers, layer_module, owned_parameters
+from petl.methods.hooks import arch_for, bind_arguments, chosen_layers, layer_module, owned_parameters, unbind
 from petl.registry import MethodConfig, MethodEntry, register
 
 
@@ -140,7 +140,7 @@ def _kv_store_pre_hook(causal: bool):
             bound.arguments["attention_mask"] = _causal_mask_with_prefix(hidden, prefix.length)
         elif mask is not None:
             bound.arguments["attention_mask"] = _pad_key_axis(mask, prefix.length)
-        return bound.args, bound.kwargs
+        return unbind(bound)
 
     return hook
 
@@ -160,7 +160,7 @@ def _attention_pre_hook(bias_arg: str | None):
             bound.arguments[bias_arg] = nn.functional.pad(bias, (p, 0, p, 0))
         k, v = prefix.key_value()
         prefix.current = (k.to(hidden.dtype), v.to(hidden.dtype))
-        return bound.args, bound.kwargs
+        return unbind(bound)
 
     return hook
 
@@ -206,7 +206,7 @@ def _shift_positions_hook(length: int):
                 bound.arguments["position_ids"] = (torch.cumsum(keep, dim=1) + length) * keep + pad
         else:
             raise PetlError("prefix_shift_positions is not supported for this architecture's embeddings")
-        return bound.args, bound.kwargs
+        return unbind(bound)
 
     return hook
 
@@ -225,7 +225,7 @@ def _decoder_positions_hook(length: int):
             ref = ids if ids is not None else embeds
             t = ref.shape[1]
             bound.arguments["position_ids"] = torch.arange(length, length + t, device=ref.device).unsqueeze(0).expand(ref.shape[0], -1)
-        return bound.args, bound.kwargs
+        return unbind(bound)
 
     return hook
 

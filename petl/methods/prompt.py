@@ -17,7 +17,7 @@ from torch import nn
 
 from petl.arch import backbone_of, get_module
 from petl.errors import PetlError
-from petl.methods.hooks import arch_for, bind_arguments, owned_parameters
+from petl.methods.hooks import arch_for, bind_arguments, owned_parameters, unbind
 from petl.registry import MethodConfig, MethodEntry, register
 
 
@@ -114,7 +114,7 @@ def _prompt_pre_hook(word_embeddings: nn.Embedding, source: nn.Module, at: int, 
             a["token_type_ids"] = _insert(tt, tt.new_zeros(b, p), at)
         if a.get("position_ids") is not None:
             raise PetlError("prompt tuning does not support explicit position_ids")
-        return bound.args, bound.kwargs
+        return unbind(bound)
 
     return hook
 
