@@ -27,6 +27,11 @@ def export_peft(model: nn.Module, directory: str, base_model_name_or_path: str =
         raise PetlError("--export_peft: the model has no LoRA modules")
     if any(m.lora_merged for _, m in modules):
         raise PetlError("--export_peft: unmerge LoRA first (petl.unmerge_petl)")
+    if any(None not in m.lora_slots for _, m in modules):
+        raise PetlError(
+            "--export_peft: LoRA on slots of a fused projection (GPT-2 c_attn q/k/v) has no PEFT equivalent "
+            "(PEFT adapts c_attn as one matrix); export LoRA on o, ffn_in, ffn_out only"
+        )
     first = modules[0][1]
     ranks = {m.lora_A.out_features for _, m in modules}
     scalings = {m.lora_scaling for _, m in modules}
@@ -54,7 +59,7 @@ def export_peft(model: nn.Module, directory: str, base_model_name_or_path: str =
         "target_modules": [name for name, _ in modules],
         "modules_to_save": [h.split(".")[-1] for h in head],
         "bias": "none",
-        "fan_in_fan_out": False,
+        "fan_in_fan_out": not isinstance(first, nn.Linear),  # GPT-2's Conv1D stores weights as (in, out)
         "init_lora_weights": True,
         "inference_mode": True,
     }

@@ -8,6 +8,7 @@ import torch
 from conftest import TINY, clone, tiny_batch, tiny_model
 
 from petl.core import apply_petl
+from petl.errors import PetlError
 from petl.peft_export import export_peft
 from petl.registry import make_config
 
@@ -217,3 +218,16 @@ def test_decoder_prompt_equals_peft_prompt_tuning(kind):
         ours.soft_prompt.embeddings.copy_(theirs.prompt_encoder["default"].embedding.weight)
     _copy_head(ours, theirs)
     assert torch.allclose(_decoder_logits(ours), _decoder_logits(theirs), atol=1e-5)
+
+
+def test_export_peft_from_gpt2_conv1d_loads_in_peft_and_refuses_fused_slots(tmp_path):
+    base = _decoder("gpt2")
+    ours = apply_petl(clone(base), [make_config("lora", targets="o,ffn_in,ffn_out", rank=2, alpha=4)])
+    _perturb(ours)
+    export_peft(ours, tmp_path / "peft")
+    loaded = peft.PeftModel.from_pretrained(clone(base), tmp_path / "peft")
+    loaded.eval()
+    assert torch.allclose(_decoder_logits(ours), _decoder_logits(loaded), atol=1e-5)
+    fused = apply_petl(clone(base), [make_config("lora", targets="q,v", rank=2)])
+    with pytest.raises(PetlError, match="fused projection"):
+        export_peft(fused, tmp_path / "fused")

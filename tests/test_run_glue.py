@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import pytest
 import torch
+from conftest import REPO
 
 import run_glue
 from petl.data import plan_splits, read_glue_split
@@ -131,7 +133,12 @@ def test_short_real_run_beats_majority_and_reloads(tmp_path, glue_dir):
     assert len((tmp_path / "all.jsonl").read_text().splitlines()) == 2
 
 
-@pytest.mark.parametrize("name", list(METHOD_RUNS))
+# adapter, bitfit and adapter+lora also train in the distributed matrix and the decoder tests; their
+# real runs (about 40 s each) are marked slow: `make test-slow` runs them
+SLOW_RUNS = {"adapter", "bitfit", "adapter+lora"}
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_RUNS else n for n in METHOD_RUNS])
 def test_each_method_short_real_run_beats_majority(name, tmp_path, glue_dir):
     code, out = main(["--task_name", "mrpc", *SHORT_RUN, *METHOD_RUNS[name]], tmp_path, glue_dir=glue_dir)
     assert code == 0
@@ -194,3 +201,18 @@ def test_ffn_changes_exactly_the_ffn_tensors_of_chosen_layers(minilm_path):
     expected = {f"bert.encoder.layer.1.{m}.{w}" for m in ("intermediate.dense", "output.dense") for w in ("weight", "bias")}
     head = {"bert.pooler.dense.weight", "bert.pooler.dense.bias", "classifier.weight", "classifier.bias"}
     assert trainable == expected | head  # never the attention output dense or any LayerNorm
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in (REPO / "scripts").glob("*_hyper.sh")))
+def test_method_scripts_build_valid_run_glue_arguments(script, tmp_path):
+    """Each scripts/<method>_hyper.sh, with PYTHON=echo, prints the run_glue.py command it would run;
+    those arguments must parse and give valid method configs (no unknown or unused flags)."""
+    import shlex
+    import subprocess
+
+    env = {**os.environ, "PYTHON": "echo", "OUTPUT_DIR": str(tmp_path / "out"), "RESULTS_FILE": str(tmp_path / "r.jsonl")}
+    printed = subprocess.run(["bash", str(REPO / "scripts" / script)], env=env, capture_output=True, text=True, check=True).stdout
+    argv = shlex.split(printed)[1:]  # drop run_glue.py's path
+    assert argv and argv[0].startswith("--"), printed
+    _, _, petl_args, _ = run_glue.parse_args(argv)
+    assert petl_args.method_configs()
