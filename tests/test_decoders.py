@@ -364,11 +364,27 @@ def test_decoder_end_to_end_through_run_glue(tmp_path, glue_dir, minilm_path, ti
         run_glue.run(*run_glue.parse_args(common + ["--method", "lora", "--pair_template", "{s1}", "--output_dir", str(tmp_path / "x")]))
 
 
-def test_cache_refuses_gpt2_and_works_for_llama_layers():
-    from petl.cache import cache_start_layer
+@pytest.mark.parametrize(
+    "method,options,start",
+    [("lora", {"targets": "q,v,ffn_in", "rank": 2, "layers": "1-2"}, 1), ("prefix", {"length": 3, "layers": "2"}, 2), ("head", {}, L)],
+)
+def test_llama_cached_logits_equal_uncached_and_gpt2_is_refused(method, options, start):
+    """Llama's embeddings are one module and its positions are rotary (inside attention), so the
+    frozen-layer cache can stand in for the embeddings and the layers below the first trained one."""
+    from test_cache import _collate, _dataset
 
-    gpt2 = apply_petl(tiny_decoder("gpt2"), [make_config("lora", layers="2")])
-    with pytest.raises(PetlError, match="gpt2"):
-        cache_start_layer(gpt2)
-    llama = apply_petl(tiny_decoder("llama"), [make_config("lora", layers="2")])
-    assert cache_start_layer(llama) == 2
+    from petl.cache import build_cache, cache_start_layer, run_from_layer
+
+    with pytest.raises(PetlError, match="not supported for gpt2"):
+        cache_start_layer(apply_petl(tiny_decoder("gpt2"), [make_config(method, **options)]))
+    model = apply_petl(tiny_decoder("llama"), [make_config(method, **options)])
+    perturb(model)
+    assert cache_start_layer(model) == start
+    ds = _dataset()
+    cache = build_cache(model, start, ds, _collate, batch_size=3)
+    batch_ = _collate([ds[i] for i in range(len(ds))])  # right padding, as decoders use
+    with torch.no_grad():
+        expected = model(**batch_).logits
+        with run_from_layer(model, start, cache.padded(list(range(len(ds))), batch_["attention_mask"])):
+            got = model(**batch_).logits
+    assert torch.allclose(got, expected, atol=1e-5, rtol=0), (got - expected).abs().max()
