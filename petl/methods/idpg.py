@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from petl.arch import arch_for, backbone_of, get_module
 from petl.errors import PetlError
 from petl.methods.hooks import full_name
 from petl.methods.prompt import attach_input_prompts, validate_position
@@ -93,6 +94,20 @@ class PromptGenerator(nn.Module):
         return self.up(self.act(self.down(features))).view(features.shape[0], self.length, self.model_hidden)
 
 
+@torch.no_grad()
+def init_generator_output(generator: PromptGenerator, word_embeddings: nn.Embedding, seed: int = 0) -> None:
+    """Start every instance's prompts near real token embeddings: the output bias holds P embedding
+    rows of random vocabulary items, and the instance-dependent part starts at a tenth of the
+    embeddings' scale. (Default Linear init gives prompts ~10x larger than any token embedding;
+    at position 0 of a decoder, the attention sink, that derails the frozen model: measured on
+    SmolLM2-135M/MRPC, training loss stayed above the label prior.)"""
+    table = word_embeddings.weight.detach()
+    rows = torch.randint(0, table.shape[0], (generator.length,), generator=torch.Generator().manual_seed(seed))
+    generator.up.bias.copy_(table[rows.to(table.device)].reshape(-1).to(generator.up.bias))
+    features_scale = 0.5 * generator.up.in_features**0.5  # tanh outputs: about 0.5 each, summed over `hidden`
+    generator.up.weight.normal_(0.0, 0.1 * float(table.float().std()) / features_scale)
+
+
 class InstancePrompts(nn.Module):
     def __init__(self, config: IdpgConfig, encoder: nn.Module | None, model_hidden: int, std: float):
         super().__init__()
@@ -148,7 +163,9 @@ def apply_idpg(model: nn.Module, config: IdpgConfig) -> dict[str, int | None | t
         encoder, tokenizer = load_encoder(config.encoder)
     std = getattr(model.config, "initializer_range", 0.02)
     device = next(model.parameters()).device
-    model.idpg = InstancePrompts(config, encoder, model.config.hidden_size, std).to(device)
+    model.idpg = InstancePrompts(config, encoder, model.config.hidden_size, std)
+    init_generator_output(model.idpg.generator, get_module(backbone_of(model), arch_for(model).word_embeddings))
+    model.idpg.to(device)
     model.idpg.train(model.training)
     attach_input_prompts(model, model.idpg, config.position, extra_prefix=EXTRA_INPUT_PREFIX)
     if config.variant in ("original", "trained"):
