@@ -95,14 +95,14 @@ class PromptGenerator(nn.Module):
 
 
 @torch.no_grad()
-def init_generator_output(generator: PromptGenerator, word_embeddings: nn.Embedding, seed: int = 0) -> None:
+def init_generator_output(generator: PromptGenerator, word_embeddings: nn.Embedding) -> None:
     """Start every instance's prompts near real token embeddings: the output bias holds P embedding
     rows of random vocabulary items, and the instance-dependent part starts at a tenth of the
     embeddings' scale. (Default Linear init gives prompts ~10x larger than any token embedding;
     at position 0 of a decoder, the attention sink, that derails the frozen model: measured on
     SmolLM2-135M/MRPC, training loss stayed above the label prior.)"""
     table = word_embeddings.weight.detach()
-    rows = torch.randint(0, table.shape[0], (generator.length,), generator=torch.Generator().manual_seed(seed))
+    rows = torch.randint(0, table.shape[0], (generator.length,))  # from the run's seed (set_seed)
     generator.up.bias.copy_(table[rows.to(table.device)].reshape(-1).to(generator.up.bias))
     features_scale = 0.5 * generator.up.in_features**0.5  # tanh outputs: about 0.5 each, summed over `hidden`
     generator.up.weight.normal_(0.0, 0.1 * float(table.float().std()) / features_scale)
@@ -117,7 +117,7 @@ class InstancePrompts(nn.Module):
         in_dim = encoder.config.hidden_size if encoder is not None else model_hidden
         if config.variant == "prompt_only":
             table = encoder.get_input_embeddings().weight.detach()
-            rows = torch.randint(0, table.shape[0], (config.prompt_length,), generator=torch.Generator().manual_seed(0))
+            rows = torch.randint(0, table.shape[0], (config.prompt_length,))  # from the run's seed (set_seed)
             self.input_prompt = nn.Parameter(table[rows].clone())
             self.input_prompt.petl_no_decay = True
         if config.variant == "reparam":
