@@ -24,10 +24,12 @@ sys.path.insert(0, str(REPO / "tests"))
 from distributed_worker import METHODS, common_arguments  # noqa: E402
 
 STAGES = ("single", "ddp", "zero1", "zero2", "zero3")
-# ZeRO-1 differs from ZeRO-2 only in keeping whole gradients: a few methods cover it. Accumulation and
+# ZeRO-1 differs from ZeRO-2 only in keeping whole gradients, ZeRO-2 from ZeRO-3 in not partitioning the
+# weights: subsets cover them. Accumulation and
 # bf16 are checked on methods of every kind (whole model, reparameterised, hooks, inputs). Keeps the suite short.
 SUBSETS = {
     "zero1": ("full", "lora", "prompt", "adapter+lora"),
+    "zero2": ("full", "head", "lora", "prefix", "prompt", "houlsby", "adapter+lora"),  # ZeRO-3 runs every method
     "accumulate2x4": ("full", "head", "lora", "prefix", "prompt", "houlsby", "adapter+lora"),
     "bf16": ("full", "bitfit", "lora", "parallel", "prefix", "prompt"),
 }
