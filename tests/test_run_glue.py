@@ -133,10 +133,10 @@ def test_short_real_run_beats_majority_and_reloads(tmp_path, glue_dir):
     assert len((tmp_path / "all.jsonl").read_text().splitlines()) == 2
 
 
-# adapter, bitfit, prefix, full and adapter+lora also train in the distributed matrix, the oracles and the
-# decoder tests (and `make demo` is full fine-tuning); their real runs (about 40 s each) are marked slow:
-# `make test-slow` runs them
-SLOW_RUNS = {"adapter", "bitfit", "prefix", "full", "adapter+lora"}
+# adapter, bitfit, prefix, prompt, full and adapter+lora also train in the distributed matrix, the PEFT
+# oracles and the decoder tests (and `make demo` is full fine-tuning); their real runs (40-70 s each) are
+# marked slow: `make test-slow` runs them
+SLOW_RUNS = {"adapter", "bitfit", "prefix", "prompt", "full", "adapter+lora"}
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_RUNS else n for n in METHOD_RUNS])
