@@ -127,6 +127,11 @@ def arch_for(model: nn.Module) -> ArchSpec:
     return ARCHITECTURES[model_type]
 
 
+def is_decoder_type(model_type: str | None) -> bool:
+    """Known decoder architecture (unknown types count as encoders until they fail in `arch_for`)."""
+    return model_type in ARCHITECTURES and ARCHITECTURES[model_type].decoder
+
+
 def is_decoder(model: nn.Module) -> bool:
     return arch_for(model).decoder
 

@@ -25,6 +25,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassificati
 from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.utils import logging as hf_logging
 
+from petl.arch import is_decoder_type
 from petl.errors import PetlError
 
 logger = logging.getLogger(__name__)
@@ -271,12 +272,6 @@ def init_new_parameters(model: nn.Module, param_names: list[str], seed: int) -> 
                 param.copy_(torch.randn(param.shape, generator=gen) * std)
 
 
-def is_decoder_type(model_type: str | None) -> bool:
-    from petl.arch import ARCHITECTURES
-
-    return model_type in ARCHITECTURES and ARCHITECTURES[model_type].decoder
-
-
 def resolve_pooler_type(pooler_type: str, model_type: str | None) -> str:
     """`auto`: the model's own HF head for encoders; for decoders the last non-padding token found
     from the attention mask (HF's decoder heads find it from pad ids, wrong when pad == eos appears
@@ -372,16 +367,21 @@ def apply_config_overrides(config, overrides: str | None) -> None:
         setattr(config, name, value)
 
 
+def load_backbone(model_path: str, config=None, **kwargs):
+    """The bare encoder/decoder (AutoModel), without BERT-style poolers: pooling is the head's job."""
+    config = config or AutoConfig.from_pretrained(model_path)
+    model_cls = AutoModel._model_mapping[type(config)]
+    if "add_pooling_layer" in inspect.signature(model_cls.__init__).parameters:
+        kwargs["add_pooling_layer"] = False
+    return AutoModel.from_pretrained(model_path, config=config, **kwargs)
+
+
 def _from_pretrained(model_path: str, config, pooler_type: str, classifier_dropout: float | None):
     num_labels = config.num_labels
     if pooler_type == "model":
         return AutoModelForSequenceClassification.from_pretrained(model_path, config=config, output_loading_info=True)
     if pooler_type in ("cls", "avg", "last"):
-        kwargs = {}
-        model_cls = AutoModel._model_mapping[type(config)]
-        if "add_pooling_layer" in inspect.signature(model_cls.__init__).parameters:
-            kwargs["add_pooling_layer"] = False
-        backbone, info = AutoModel.from_pretrained(model_path, config=config, output_loading_info=True, **kwargs)
+        backbone, info = load_backbone(model_path, config, output_loading_info=True)
         dropout = classifier_dropout
         if dropout is None:
             dropout = getattr(config, "classifier_dropout", None) or getattr(config, "hidden_dropout_prob", 0.1)

@@ -16,7 +16,6 @@ Variants:
 
 from __future__ import annotations
 
-import inspect
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -57,25 +56,18 @@ class IdpgConfig(MethodConfig):
 
 def load_encoder(name_or_path: str):
     """The sentence encoder and its tokenizer; any failure is one line naming the encoder."""
-    from transformers import AutoConfig, AutoModel, AutoTokenizer
-
-    from petl.models import resolve_model_path
+    from petl.models import load_backbone, load_tokenizer, resolve_model_path
 
     try:
         path = resolve_model_path(name_or_path)
-        config = AutoConfig.from_pretrained(path)
-        kwargs = {}
-        model_cls = AutoModel._model_mapping[type(config)]
-        if "add_pooling_layer" in inspect.signature(model_cls.__init__).parameters:
-            kwargs["add_pooling_layer"] = False
-        encoder = AutoModel.from_pretrained(path, **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        encoder = load_backbone(path)
+        tokenizer = load_tokenizer(path)
     except PetlError as err:
         raise PetlError(f"--idpg_encoder {name_or_path!r} cannot be loaded: {err}") from None
     except Exception as err:  # noqa: BLE001 - hub, file and format errors all mean the same to the user
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise PetlError(f"--idpg_encoder {name_or_path!r} cannot be loaded: {first}") from None
-    if tokenizer.pad_token is None:
+    if tokenizer.pad_token is None:  # load_tokenizer sets one for decoders only; batches of any encoder need one
         tokenizer.pad_token = tokenizer.eos_token
     return encoder, tokenizer
 
