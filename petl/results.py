@@ -97,10 +97,16 @@ def read_jsonl(path: str | os.PathLike) -> tuple[list[dict], list[int]]:
 
 
 def append_jsonl(path: str | os.PathLike, record: dict) -> None:
-    """Append one line; never truncates what is there."""
+    """Append one line; never truncates what is there. One O_APPEND write, so sweep workers
+    sharing a results file do not interleave their lines."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
-        fh.write(json.dumps(record, default=str) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
+    line = (json.dumps(record, default=str) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        written = os.write(fd, line)
+        while written < len(line):  # a short write (rare) finishes in further calls
+            written += os.write(fd, line[written:])
+        os.fsync(fd)
+    finally:
+        os.close(fd)

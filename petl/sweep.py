@@ -2,6 +2,8 @@
 
     python -m petl.sweep sweeps/layers_minilm.yaml                 # run (resumes where it stopped)
     python -m petl.sweep sweeps/layers_minilm.yaml --dry_run       # list the cells
+    OMP_NUM_THREADS=1 python -m petl.sweep GRID --shard 0/2 &      # two workers, one core each
+    OMP_NUM_THREADS=1 python -m petl.sweep GRID --shard 1/2
     python -m petl.report results/layers_minilm.jsonl --out figures/
 
 A grid file (YAML or JSON):
@@ -29,6 +31,11 @@ parts, plus the cell's coordinates) is appended to the JSONL file as soon as it 
 skips cells already recorded as finished (failed ones are retried unless --skip_failed). A failed
 cell is recorded with its error and the sweep goes on. The frozen-prefix cache is used wherever it
 is valid, on disk under <output_dir>/cache so cells at the same layer share one forward pass.
+
+`--shard K/N` runs every N-th cell of the grid, starting at cell K, so N workers share one grid and
+one results file (lines are appended atomically; cache folders are written to a temporary name and
+renamed). On small models, N one-thread workers get more done than one N-thread process: on 2
+cores, MiniLM-L6 training steps ran 1.25x faster in total as 2 x 1 thread than as 1 x 2 threads.
 """
 
 from __future__ import annotations
@@ -191,17 +198,33 @@ def slim_record(record: dict) -> dict:
     return {k: v for k, v in record.items() if k not in DROPPED_FROM_RECORD}
 
 
+def parse_shard(spec: str | None) -> tuple[int, int]:
+    """'K/N' -> (K, N) with 0 <= K < N; None -> the whole grid."""
+    if spec is None:
+        return 0, 1
+    try:
+        index, count = (int(part) for part in spec.split("/"))
+    except ValueError:
+        raise PetlError(f"--shard {spec!r}: expected K/N, e.g. 0/2 (worker K of N, counted from 0)") from None
+    if count < 1 or not 0 <= index < count:
+        raise PetlError(f"--shard {spec!r}: K must be in 0..N-1 and N >= 1")
+    return index, count
+
+
 def run_sweep(grid_path: str, results: str | None = None, output_dir: str | None = None, dry_run: bool = False,
-              retry_failed: bool = True, max_cells: int | None = None) -> dict:  # fmt: skip
+              retry_failed: bool = True, max_cells: int | None = None, shard: str | None = None) -> dict:  # fmt: skip
     grid = load_grid(grid_path)
     results_path = Path(results or grid["results"])
     out = Path(output_dir or grid["output_dir"])
-    cells = expand_cells(grid, _model_depth(grid))
+    shard_index, shard_count = parse_shard(shard)
+    cells = expand_cells(grid, _model_depth(grid))[shard_index::shard_count]
     done = finished_cells(results_path, retry_failed)
     todo = [c for c in cells if c.cell_id not in done]
     if max_cells is not None:
         todo = todo[:max_cells]
-    print(f"sweep {grid['name']}: {len(cells)} cells, {len(cells) - len(todo)} already recorded in {results_path}, {len(todo)} to run")
+    part = f" (shard {shard_index}/{shard_count})" if shard_count > 1 else ""
+    done_here = len(cells) - len(todo)
+    print(f"sweep {grid['name']}{part}: {len(cells)} cells, {done_here} already recorded in {results_path}, {len(todo)} to run")
     if dry_run:
         for c in todo:
             print(f"  {c.cell_id}  {json.dumps(c.arguments)}")
@@ -245,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dry_run", action="store_true", help="list the cells left to run and exit")
     parser.add_argument("--skip_failed", action="store_true", help="do not retry cells recorded as failed")
     parser.add_argument("--max_cells", type=int, help="run at most this many cells, then stop (resume later)")
+    parser.add_argument("--shard", metavar="K/N", help="run only cells K, K+N, K+2N, ... of the grid (N parallel workers)")
     args = parser.parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING, datefmt="%H:%M:%S")
     import transformers
@@ -252,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     transformers.logging.set_verbosity_error()
 
     def sweep() -> int:
-        summary = run_sweep(args.grid, args.results, args.output_dir, args.dry_run, not args.skip_failed, args.max_cells)
+        summary = run_sweep(args.grid, args.results, args.output_dir, args.dry_run, not args.skip_failed, args.max_cells, args.shard)
         return 1 if summary["failed"] else 0
 
     return exit_status(sweep)

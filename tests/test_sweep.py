@@ -67,6 +67,32 @@ def test_out_of_range_layers_and_bad_grids_are_clear_errors(tmp_path, glue_dir):
     assert main([str(tmp_path / "missing.yaml")]) == 2
 
 
+def test_shards_partition_the_grid_and_appends_from_parallel_writers_stay_whole(tmp_path, glue_dir):
+    path = _grid(tmp_path, glue_dir)
+    everything = [c.cell_id for c in expand_cells(load_grid(path), num_layers=2)]
+    shards = [run_sweep(path, dry_run=True, shard=f"{k}/3")["to_run"] for k in range(3)]
+    assert sum(shards) == len(everything) and max(shards) - min(shards) <= 1
+    with pytest.raises(PetlError, match="--shard '3/3': K must be in 0..N-1"):
+        run_sweep(path, dry_run=True, shard="3/3")
+    with pytest.raises(PetlError, match="expected K/N"):
+        run_sweep(path, dry_run=True, shard="half")
+    # records far larger than a pipe buffer, written by 4 processes at once, come back as whole lines
+    import multiprocessing
+
+    target = tmp_path / "shared.jsonl"
+    with multiprocessing.get_context("fork").Pool(4) as pool:
+        pool.starmap(_append_many, [(str(target), w) for w in range(4)])
+    records = [json.loads(line) for line in target.read_text().splitlines()]
+    assert sorted((r["worker"], r["i"]) for r in records) == [(w, i) for w in range(4) for i in range(25)]
+
+
+def _append_many(path: str, worker: int) -> None:
+    from petl.results import append_jsonl
+
+    for i in range(25):
+        append_jsonl(path, {"worker": worker, "i": i, "pad": "x" * 70_000})
+
+
 def test_sweep_records_resumes_keeps_failures_and_reports(tmp_path, glue_dir):
     # a rank larger than the hidden size fails that cell only; the others run
     path = _grid(tmp_path, glue_dir, broken={"method": "lora", "lora_layers": "1", "lora_rank": 100000})
