@@ -45,6 +45,18 @@ def glue_metrics(task_name: str | None, predictions: np.ndarray, labels: np.ndar
     return out
 
 
+def constant_baseline(
+    task_name: str | None, train_labels: list, eval_labels: list, num_labels: int, is_regression: bool
+) -> dict[str, float]:
+    """Scores of a predictor that ignores its input: the training set's most frequent class (lowest id
+    on a tie), or its mean label for regression (correlations 0). Any trained run must beat these."""
+    eval_array = np.asarray(eval_labels)
+    if is_regression:
+        return glue_metrics(task_name, np.full(len(eval_array), float(np.mean(train_labels))), eval_array, True)
+    majority = int(np.argmax(np.bincount(np.asarray(train_labels, dtype=np.int64), minlength=num_labels)))
+    return glue_metrics(task_name, np.eye(num_labels)[np.full(len(eval_array), majority)], eval_array, False)
+
+
 def default_selection_metric(task_name: str | None, is_regression: bool) -> str:
     """CoLA: MCC; STS-B: combined Pearson/Spearman; MRPC/QQP: F1; others: accuracy."""
     if task_name == "cola":

@@ -4,9 +4,11 @@
 
 Writes, per model:
 - layers_<task>_<model>.png: reported score vs target layer, one line per layer-wise method (mean
-  over seeds, band = min..max), methods without a layer (full fine-tuning) as dashed lines;
+  over seeds, band = min..max), methods without a layer (full fine-tuning) as dashed lines, the
+  constant predictor as a dotted red line;
 - table_<results>_<model>.md / .csv: one row per method (mean ± std over seeds; best PETL score per
-  column in bold) plus the rows "relative improvement" = (best PETL - best raw) / best raw and
+  column in bold) plus the rows "constant predictor" (training majority class, or mean label: what
+  any run must beat), "relative improvement" = (best PETL - best raw) / best raw and
   "gap bridged" = (best PETL - best raw) / (full - best raw); raw rows are methods named raw*;
 - scale_up_<task>_<model>.png, when a method has a numeric setting axis (e.g. adapter_dim): score
   vs that setting on a log axis, next to score vs layer for the layer-wise methods.
@@ -18,6 +20,8 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
+import os
 import statistics
 import sys
 from collections import defaultdict
@@ -46,9 +50,9 @@ def load_records(path: str) -> list[dict]:
     return list(latest.values())
 
 
-def score(rec: dict) -> float | None:
+def score(rec: dict, reported: dict | None = None) -> float | None:
     """The selection metric on the reported split, in percent (None if missing)."""
-    reported = rec.get("reported_metrics") or {}
+    reported = rec.get("reported_metrics") or {} if reported is None else reported
     metric = rec.get("selection_metric", "accuracy")
     for name in ("test", "validation"):
         if name in reported and metric in reported[name]:
@@ -57,6 +61,48 @@ def score(rec: dict) -> float | None:
         if metric in values:
             return 100.0 * float(values[metric])
     return None
+
+
+def baseline_score(rec: dict) -> float | None:
+    """The constant predictor's score (training majority class, or mean label) on the reported split,
+    in percent. Records from before run_glue stored it get it recomputed from the GLUE data ($GLUE_DIR)
+    when the recorded split fingerprints match; otherwise None (no baseline drawn)."""
+    stored = rec.get("baselines")
+    if stored is None:
+        split = rec.get("split") or {}
+        sizes = split.get("sizes") or {}
+        eval_size = max((v for k, v in sizes.items() if k != "train"), default=None)  # = --max_eval_samples if it cut
+        stored = _recomputed_baselines(
+            rec.get("task"), split.get("split_mode"), split.get("split_seed"), sizes.get("train"), eval_size,
+            tuple(sorted((split.get("fingerprints") or {}).items())), os.environ.get("GLUE_DIR"),
+        )  # fmt: skip
+    if not stored:
+        return None
+    return score(rec, {name: values["constant"] for name, values in stored.items()})
+
+
+@functools.lru_cache(maxsize=64)
+def _recomputed_baselines(task_name, split_mode, split_seed, train_size, eval_size, fingerprints, glue_dir) -> dict | None:
+    if not (task_name and split_mode and glue_dir and train_size):
+        return None
+    from petl.data import load_glue_dir, plan_splits
+    from petl.metrics import constant_baseline
+    from petl.tasks import get_task
+
+    try:
+        task = get_task(task_name)
+        raw = load_glue_dir(glue_dir, task, False)
+        plan = plan_splits(raw, task.dev_splits, task.test_splits, split_mode, split_seed, train_size, None, eval_size)
+    except (PetlError, OSError):
+        return None
+    if tuple(sorted(plan.description["fingerprints"].items())) != fingerprints:
+        return None  # not the split the record was trained and scored on
+    num_labels, regression = (1, True) if task.labels is None else (len(task.labels), False)
+    return {
+        name: {"constant": constant_baseline(task_name, plan.train.labels, split.labels, num_labels, regression)}
+        for name, split in plan.eval_sets.items()
+        if name.startswith(plan.report_prefix)
+    }
 
 
 def model_tag(rec: dict) -> str:
@@ -112,6 +158,7 @@ def layer_figure(records: list[dict], ax, title: str | None = None) -> bool:
     for name, values in flat.items():
         mean = _stats(values)[0]
         ax.axhline(mean, linestyle="--", color="black" if name.startswith("full") else "grey", label=f"{name} ({mean:.1f})")
+    _baseline_line(records, ax)
     all_layers = sorted({r["layer"] for r in layered})
     ax.set_xticks(all_layers)
     ax.set_xlabel("target layer (0 = lowest)")
@@ -121,6 +168,13 @@ def layer_figure(records: list[dict], ax, title: str | None = None) -> bool:
     if title:
         ax.set_title(title, fontsize=8)
     return True
+
+
+def _baseline_line(records: list[dict], ax) -> None:
+    values = [b for b in map(baseline_score, records) if b is not None]
+    if values:
+        mean = statistics.fmean(values)
+        ax.axhline(mean, linestyle=":", color="red", label=f"constant predictor ({mean:.1f})")
 
 
 def scale_figure(records: list[dict], ax) -> bool:
@@ -136,6 +190,7 @@ def scale_figure(records: list[dict], ax) -> bool:
     flat = _group([r for r in records if r.get("layer") is None and not r.get("setting")], lambda r: r["method_name"])
     for name, values in flat.items():
         ax.axhline(_stats(values)[0], linestyle="--", color="black" if name.startswith("full") else "grey", label=name)
+    _baseline_line(records, ax)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("setting value (log scale)")
     ax.set_ylabel("score (%)")
@@ -213,8 +268,12 @@ def glue_table(records: list[dict]) -> tuple[list[str], list[list[str]], list[di
             gap.append(f"{100 * (best - max(raws)) / (fulls[0] - max(raws)):.1f}%")
         else:
             gap.append("")
-    md_rows += [rel + [""], gap + [""]]
-    csv_rows += [{"method": rel[0], **dict(zip(tasks, rel[1:], strict=True))}, {"method": gap[0], **dict(zip(tasks, gap[1:], strict=True))}]
+    constant = ["constant predictor"]
+    for t in tasks:
+        values = [b for b in (baseline_score(r) for r in records if r["task"] == t) if b is not None]
+        constant.append(f"{statistics.fmean(values):.1f}" if values else "")
+    md_rows += [constant + ["0"], rel + [""], gap + [""]]
+    csv_rows += [{"method": row[0], **dict(zip(tasks, row[1:], strict=True))} for row in (constant, rel, gap)]
     return header, md_rows, csv_rows
 
 

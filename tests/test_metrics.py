@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from petl.metrics import default_selection_metric, glue_metrics
+from petl.metrics import constant_baseline, default_selection_metric, glue_metrics
 
 
 def test_mrpc_accuracy_and_f1_by_hand():
@@ -35,3 +35,14 @@ def test_default_selection_metrics():
     assert default_selection_metric("stsb", True) == "combined_score"
     assert default_selection_metric("mrpc", False) == "f1"
     assert default_selection_metric("rte", False) == "accuracy"
+
+
+def test_constant_baseline_predicts_the_training_majority_or_mean():
+    # training majority is class 2 although the evaluation set's majority is class 0
+    m = constant_baseline("rte", [2, 2, 0, 1, 2], [0, 0, 0, 2], 3, False)
+    assert m == {"accuracy": pytest.approx(1 / 4)}
+    mrpc = constant_baseline("mrpc", [1, 1, 0], [1, 0, 1, 1], 2, False)
+    assert mrpc["accuracy"] == pytest.approx(3 / 4) and mrpc["f1"] == pytest.approx(2 * 0.75 / 1.75)
+    assert constant_baseline("mrpc", [0, 1], [1, 1], 2, False)["accuracy"] == 0.0  # a tie goes to the lowest id
+    stsb = constant_baseline("stsb", [1.0, 3.0], [0.0, 5.0, 2.0], 1, True)
+    assert stsb["pearson"] == 0.0 and stsb["spearmanr"] == 0.0

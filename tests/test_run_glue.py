@@ -115,6 +115,9 @@ def test_short_real_run_beats_majority_and_reloads(tmp_path, glue_dir):
         assert record.get(field) is not None, field
     assert record["split"]["split_mode"] == "heldout" and record["selection_metric"] == "f1"
     _assert_beats_majority(record, glue_dir)
+    # MRPC's training majority (paraphrase) is also the test half's, so the recorded constant baseline
+    # equals the majority share computed here from the data
+    assert record["baselines"]["test"]["constant"]["accuracy"] == pytest.approx(_test_half_baseline(glue_dir)[0])
     lines = (tmp_path / "all.jsonl").read_text().splitlines()
     assert len(lines) == 1 and json.loads(lines[0])["test_metrics"] == record["test_metrics"]
     # only the trained tensors are saved, and reloading them reproduces the metrics

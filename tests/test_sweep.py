@@ -7,7 +7,7 @@ import json
 import pytest
 
 from petl.errors import PetlError
-from petl.report import glue_table, write_report
+from petl.report import baseline_score, glue_table, write_report
 from petl.sweep import expand_cells, load_grid, main, run_sweep
 
 
@@ -93,7 +93,7 @@ def _append_many(path: str, worker: int) -> None:
         append_jsonl(path, {"worker": worker, "i": i, "pad": "x" * 70_000})
 
 
-def test_sweep_records_resumes_keeps_failures_and_reports(tmp_path, glue_dir):
+def test_sweep_records_resumes_keeps_failures_and_reports(tmp_path, glue_dir, monkeypatch):
     # a rank larger than the hidden size fails that cell only; the others run
     path = _grid(tmp_path, glue_dir, broken={"method": "lora", "lora_layers": "1", "lora_rank": 100000})
     summary = run_sweep(path)
@@ -117,6 +117,15 @@ def test_sweep_records_resumes_keeps_failures_and_reports(tmp_path, glue_dir):
     assert {"layers_mrpc_minilm-l6.png", "scale_up_mrpc_minilm-l6.png", "table_tiny_minilm-l6.md"} <= written
     table = (tmp_path / "fig" / "table_tiny_minilm-l6.md").read_text()
     assert "MRPC, split heldout" in table and "seeds 1" in table and "gap bridged" in table
+    # the constant predictor: stored by run_glue, or recomputed from the data for records without it
+    record = next(x for x in lines if x["status"] == "ok")
+    stored = baseline_score(record)
+    assert 50 < stored < 100 and f"| constant predictor | {stored:.1f} | 0 |" in table
+    old = {k: v for k, v in record.items() if k != "baselines"}
+    monkeypatch.setenv("GLUE_DIR", str(glue_dir))
+    assert baseline_score(old) == pytest.approx(stored)
+    old["split"] = {**old["split"], "fingerprints": {**old["split"]["fingerprints"], "test": "0" * 12}}
+    assert baseline_score(old) is None  # a different split than the one recorded: no baseline
 
 
 def test_table_relative_improvement_and_gap_bridged():
