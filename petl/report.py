@@ -5,7 +5,7 @@
 Writes, per model:
 - layers_<task>_<model>.png: reported score vs target layer, one line per layer-wise method (mean
   over seeds, band = min..max), methods without a layer (full fine-tuning) as dashed lines, the
-  constant predictor as a dotted red line;
+  constant predictor as a dotted red line; layers_<task>_<model>.md: the same numbers as a table;
 - table_<results>_<model>.md / .csv: one row per method (mean ± std over seeds; best PETL score per
   column in bold) plus the rows "constant predictor" (training majority class, or mean label: what
   any run must beat), "relative improvement" = (best PETL - best raw) / best raw and
@@ -177,6 +177,34 @@ def _baseline_line(records: list[dict], ax) -> None:
         ax.axhline(mean, linestyle=":", color="red", label=f"constant predictor ({mean:.1f})")
 
 
+def layer_table(records: list[dict]) -> list[str] | None:
+    """Markdown: one row per layer-wise method, one column per target layer (mean ± std over seeds),
+    then the methods without a layer and the constant predictor."""
+    layered = [r for r in records if r.get("layer") is not None and not r.get("setting")]
+    if not layered:
+        return None
+    by = _group(layered, lambda r: (r["method_name"], r["layer"]))
+    layers = sorted({r["layer"] for r in layered})
+    lines = [f"{_describe(records)}. Mean ± std over seeds (n = seeds), by target layer (0 = lowest).", ""]
+    lines += ["| method | " + " | ".join(map(str, layers)) + " |", "|---" * (len(layers) + 1) + "|"]
+
+    def cell(values: list[float] | None) -> str:
+        if not values:
+            return ""
+        mean, std, _, _ = _stats(values)
+        return f"{mean:.1f} ± {std:.1f} (n={len(values)})" if len(values) > 1 else f"{mean:.1f} (n=1)"
+
+    for name in dict.fromkeys(r["method_name"] for r in layered):
+        lines.append(f"| {name} | " + " | ".join(cell(by.get((name, layer))) for layer in layers) + " |")
+    flat = _group([r for r in records if r.get("layer") is None and not r.get("setting")], lambda r: r["method_name"])
+    for name, values in flat.items():
+        lines.append(f"| {name} (no layer) | {cell(values)} |" + " |" * (len(layers) - 1))
+    constant = [b for b in map(baseline_score, records) if b is not None]
+    if constant:
+        lines.append(f"| constant predictor | {statistics.fmean(constant):.1f} |" + " |" * (len(layers) - 1))
+    return lines
+
+
 def scale_figure(records: list[dict], ax) -> bool:
     scaled = [r for r in records if _numeric_axes(r)]
     if not scaled:
@@ -277,13 +305,22 @@ def glue_table(records: list[dict]) -> tuple[list[str], list[list[str]], list[di
     return header, md_rows, csv_rows
 
 
-def write_report(results: str, out_dir: str) -> list[Path]:
+def write_report(results: str, out_dir: str, metric: str | None = None) -> list[Path]:
+    """`metric` replaces each record's selection metric as the score (e.g. accuracy on MRPC, whose
+    F1 a constant "paraphrase" predictor already reaches); file names then end in _<metric>."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     records = load_records(results)
+    suffix = ""
+    if metric:
+        missing = [r.get("cell_id", "?") for r in records if score({**r, "selection_metric": metric}) is None]
+        if len(missing) == len(records):
+            raise PetlError(f"--metric {metric!r}: no record of {results} has it on the reported split")
+        records = [{**r, "selection_metric": metric} for r in records if r.get("cell_id", "?") not in missing]
+        suffix = f"_{metric}"
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
@@ -296,17 +333,22 @@ def write_report(results: str, out_dir: str) -> list[Path]:
             fig, ax = plt.subplots(figsize=(7, 4.5))
             if layer_figure(task_recs, ax, _describe(task_recs)):
                 fig.tight_layout()
-                path = out / f"layers_{task}_{model}.png"
+                path = out / f"layers_{task}_{model}{suffix}.png"
                 fig.savefig(path, dpi=130)
                 written.append(path)
             plt.close(fig)
+            lines = layer_table(task_recs)
+            if lines:
+                path = out / f"layers_{task}_{model}{suffix}.md"
+                path.write_text("\n".join(lines) + "\n")
+                written.append(path)
             if any(_numeric_axes(r) for r in task_recs):
                 fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
                 scale_figure(task_recs, left)
                 layer_figure(task_recs, right)
                 fig.suptitle(_describe(task_recs), fontsize=9)
                 fig.tight_layout()
-                path = out / f"scale_up_{task}_{model}.png"
+                path = out / f"scale_up_{task}_{model}{suffix}.png"
                 fig.savefig(path, dpi=130)
                 written.append(path)
                 plt.close(fig)
@@ -316,10 +358,10 @@ def write_report(results: str, out_dir: str) -> list[Path]:
         md.append("| " + " | ".join(header) + " |")
         md.append("|" + "---|" * len(header))
         md += ["| " + " | ".join(row) + " |" for row in md_rows]
-        path = out / f"table_{stem}_{model}.md"
+        path = out / f"table_{stem}_{model}{suffix}.md"
         path.write_text("\n".join(md) + "\n")
         written.append(path)
-        path = out / f"table_{stem}_{model}.csv"
+        path = out / f"table_{stem}_{model}{suffix}.csv"
         keys = list(dict.fromkeys(k for row in csv_rows for k in row))
         with open(path, "w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=keys)
@@ -337,8 +379,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("results", nargs="+", help="JSONL results file(s) from petl.sweep")
     parser.add_argument("--out", default="figures", help="folder for figures and tables")
+    parser.add_argument("--metric", help="score by this metric instead of each run's selection metric (e.g. accuracy)")
     args = parser.parse_args(argv)
-    return exit_status(lambda: [write_report(results, args.out) for results in args.results] and None)
+    return exit_status(lambda: [write_report(results, args.out, args.metric) for results in args.results] and None)
 
 
 if __name__ == "__main__":

@@ -126,6 +126,18 @@ def test_sweep_records_resumes_keeps_failures_and_reports(tmp_path, glue_dir, mo
     assert baseline_score(old) == pytest.approx(stored)
     old["split"] = {**old["split"], "fingerprints": {**old["split"]["fingerprints"], "test": "0" * 12}}
     assert baseline_score(old) is None  # a different split than the one recorded: no baseline
+    # another metric than the selection metric (F1 on MRPC): accuracy, in files of their own
+    written = {p.name for p in write_report(str(tmp_path / "tiny.jsonl"), str(tmp_path / "fig"), metric="accuracy")}
+    assert {"layers_mrpc_minilm-l6_accuracy.png", "layers_mrpc_minilm-l6_accuracy.md", "table_tiny_minilm-l6_accuracy.md"} <= written
+    lora = ok["mrpc/lora/layer=1/seed=1"]["reported_metrics"]["test"]["accuracy"]
+    by_layer = (tmp_path / "fig" / "layers_mrpc_minilm-l6_accuracy.md").read_text()
+    assert (
+        "accuracy (%) on the reported split" in by_layer
+        and f"| lora | {100 * ok['mrpc/lora/layer=0/seed=1']['reported_metrics']['test']['accuracy']:.1f} (n=1) | {100 * lora:.1f} (n=1) |"
+        in by_layer
+    )
+    with pytest.raises(PetlError, match="--metric 'pearson': no record"):
+        write_report(str(tmp_path / "tiny.jsonl"), str(tmp_path / "fig"), metric="pearson")
 
 
 def test_table_relative_improvement_and_gap_bridged():
