@@ -3,7 +3,7 @@
 #   bash scripts/layer_sweep.sh                              # sweeps/layers_minilm.yaml
 #   GRID=sweeps/glue_minilm.yaml bash scripts/layer_sweep.sh
 #   GRID=sweeps/layers_minilm.yaml bash scripts/layer_sweep.sh --dry_run
-#   WORKERS=2 bash scripts/layer_sweep.sh                    # 2 shards in parallel, cores split between them
+#   WORKERS=2 bash scripts/layer_sweep.sh                    # 2 shards in parallel, cores split (measure first: slower on 2 cores)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"
