@@ -156,7 +156,7 @@ def run(
     from petl.data import ExtraInputsCollator, check_pair_template, plan_splits, tokenize_split
     from petl.metrics import constant_baseline, default_selection_metric, glue_metrics
     from petl.models import load_model, load_tokenizer, resolve_model_path
-    from petl.results import RESULTS_FILE, append_jsonl, git_commit, library_versions, peak_memory, write_json_atomic
+    from petl.results import RESULTS_FILE, append_jsonl, git_commit, hardware, library_versions, peak_memory, write_json_atomic
     from petl.training import BestStateCallback, PetlTrainer
 
     started = time.time()
@@ -394,6 +394,7 @@ def run(
         "wall_time_seconds": time.time() - started,
         "memory": peak_memory(),
         "versions": library_versions(),
+        "hardware": hardware(),
         "git": git_commit(),
         "prediction_files": prediction_files,
         "arguments": {

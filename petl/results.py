@@ -36,11 +36,21 @@ def git_commit() -> dict[str, Any]:
         dirty = subprocess.run(
             ["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=10
         )
-        if commit.returncode != 0:
-            return {"commit": None, "dirty": None}
-        return {"commit": commit.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
+        if commit.returncode == 0:
+            return {"commit": commit.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
     except (OSError, subprocess.TimeoutExpired):
-        return {"commit": None, "dirty": None}
+        pass
+    # a copy of the tree without .git (a remote machine): the launcher may say which commit it is
+    return {"commit": os.environ.get("PETL_GIT_COMMIT"), "dirty": None}
+
+
+def hardware() -> dict[str, Any]:
+    """Where a run ran, so that recorded times can be compared honestly."""
+    out: dict[str, Any] = {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "machine": platform.machine()}
+    if torch.cuda.is_available():
+        out["gpu"] = torch.cuda.get_device_name(0)
+        out["gpu_count"] = torch.cuda.device_count()
+    return out
 
 
 def peak_memory() -> dict[str, float]:

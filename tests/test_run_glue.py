@@ -79,7 +79,7 @@ def _test_half_baseline(glue_dir, task_name="mrpc", split_seed=42):
 REQUIRED_FIELDS = [
     "task", "model", "method", "method_configs", "seed", "split", "validation_metrics", "test_metrics", "best_epoch",
     "best_step", "trainable_parameters", "trainable_parameters_without_head", "total_parameters", "train_runtime",
-    "train_samples_per_second", "memory", "versions", "git", "parameter_report",
+    "train_samples_per_second", "memory", "versions", "hardware", "git", "parameter_report",
 ]  # fmt: skip
 
 # Settings checked on MiniLM truncated to 2 layers, MRPC, held-out split: 2,400 training examples, 2 epochs.
