@@ -32,7 +32,7 @@ class PetlArguments:
     # adapters (also used by the houlsby, pfeiffer and parallel presets)
     adapter_style: str = field(default="serial", metadata={"help": "serial or parallel."})
     adapter_placement: str = field(default="ffn", metadata={"help": "ffn, attn, or ffn,attn."})
-    adapter_dim: int = field(default=64, metadata={"help": "Bottleneck size."})
+    adapter_dim: int = field(default=64, metadata={"help": "Bottleneck size, 1 up to the FFN's width (over-complete above hidden)."})
     adapter_activation: str = field(default="relu", metadata={"help": "relu, gelu, swish or tanh."})
     adapter_scaling: str = field(default="1.0", metadata={"help": "Output scale: a number, or 'learned'."})
     adapter_layernorm: bool = field(default=False, metadata={"help": "LayerNorm on the adapter input (origin paper)."})

@@ -225,7 +225,7 @@ def test_combinations_and_conflicts():
         ("lora", {"targets": "q,gate"}, "unknown target 'gate'"),
         ("lora", {"layers": "3"}, "layer 3 is out of range"),
         ("adapter", {"dim": 0}, "--adapter_dim 0"),
-        ("adapter", {"dim": 33}, "--adapter_dim 33 is larger"),
+        ("adapter", {"dim": 65}, "--adapter_dim 65 is larger than the FFN's width; allowed: 1..64"),
         ("adapter", {"activation": "swiglu"}, "--adapter_activation"),
         ("bitfit", {"targets": "q,z"}, "unknown target 'z'"),
         ("prefix", {"length": 0}, "--prefix_length 0"),

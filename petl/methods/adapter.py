@@ -38,7 +38,7 @@ class AdapterConfig(MethodConfig):
             raise PetlError(f"--adapter_style {self.style!r} is not one of serial, parallel")
         parse_targets(self.placement, PLACEMENTS, "adapter_placement")
         if self.dim < 1:
-            raise PetlError(f"--adapter_dim {self.dim} is invalid; allowed: 1..hidden size")
+            raise PetlError(f"--adapter_dim {self.dim} is invalid; allowed: 1..the FFN's width")
         if self.activation not in ACTIVATIONS:
             raise PetlError(f"--adapter_activation {self.activation!r} is not one of {', '.join(ACTIVATIONS)}")
         if self.init not in ("identity", "default"):
@@ -92,11 +92,20 @@ def _stash_input(adapter: BottleneckAdapter):
     return hook
 
 
+def _ffn_width(model: nn.Module, arch) -> int:
+    """Input width of the FFN's output projection (nn.Linear, or GPT-2's transposed Conv1D)."""
+    host = layer_module(model, 0, arch.ffn_out)
+    return host.in_features if isinstance(host, nn.Linear) else host.weight.shape[0]
+
+
 def apply_adapter(model: nn.Module, config: AdapterConfig) -> dict[str, int | None]:
     arch = arch_for(model)
     hidden = model.config.hidden_size
-    if config.dim > hidden:
-        raise PetlError(f"--adapter_dim {config.dim} is larger than the hidden size; allowed: 1..{hidden}")
+    # a bottleneck wider than the hidden size is over-complete but meaningful (the origin paper scales
+    # adapters up to the FFN's width, 3072 on base models); wider than the FFN itself is not
+    widest = max(hidden, _ffn_width(model, arch))
+    if config.dim > widest:
+        raise PetlError(f"--adapter_dim {config.dim} is larger than the FFN's width; allowed: 1..{widest}")
     owned = {}
     for layer in chosen_layers(model, config.layers, "adapter_layers"):
         for place in parse_targets(config.placement, PLACEMENTS, "adapter_placement"):
