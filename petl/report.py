@@ -9,9 +9,12 @@ Writes, per model:
 - table_<results>_<model>.md / .csv: one row per method (mean ± std over seeds; best PETL score per
   column in bold) plus the rows "constant predictor" (training majority class, or mean label: what
   any run must beat), "relative improvement" = (best PETL - best raw) / best raw and
-  "gap bridged" = (best PETL - best raw) / (full - best raw); raw rows are methods named raw*;
-- scale_up_<task>_<model>.png, when a method has a numeric setting axis (e.g. adapter_dim): score
-  vs that setting on a log axis, next to score vs layer for the layer-wise methods.
+  "gap bridged" = (best PETL - best raw) / (full - best raw); raw rows are methods named raw*; the
+  derived rows say n/a where a denominator carries no signal (best raw ≤ 0, full ≤ best raw, or
+  full fine-tuning not above the constant predictor);
+- scale_up_<task>_<model>.png / .md, instead of the layers_ files, when a method has a numeric
+  setting axis (e.g. adapter_dim): score vs that setting on a log axis, next to score vs layer for
+  the layer-wise methods. Layer files are written only where some method spans several layers.
 Every figure and table names the model, task(s), split mode, seeds and metric. Scores are the
 selection metric on the reported split (test in --split_mode heldout), in percent.
 """
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 import csv
 import functools
+import math
 import os
 import statistics
 import sys
@@ -227,6 +231,33 @@ def scale_figure(records: list[dict], ax) -> bool:
     return True
 
 
+def _spans_layers(records: list[dict]) -> bool:
+    """True when some method was run at two or more target layers."""
+    layers = defaultdict(set)
+    for r in records:
+        if r.get("layer") is not None and not r.get("setting"):
+            layers[r["method_name"]].add(r["layer"])
+    return any(len(v) > 1 for v in layers.values())
+
+
+def scale_table(records: list[dict]) -> list[str]:
+    """Markdown: one row per (method, setting axis), one column per setting value."""
+    lines = [f"{_describe(records)}. Mean ± std over seeds, by setting value.", ""]
+    for (name, axis), recs in _bucket([r for r in records if _numeric_axes(r)]).items():
+        by = _group(recs, lambda r, axis=axis: r["setting"][axis])
+        xs = sorted(by)
+        lines += [f"| {name}: {axis} | " + " | ".join(map(str, xs)) + " |", "|---" * (len(xs) + 1) + "|"]
+        cells = []
+        for x in xs:
+            mean, std, _, _ = _stats(by[x])
+            cells.append(f"{mean:.1f} ± {std:.1f} (n={len(by[x])})")
+        params = {r["setting"][axis]: r.get("trainable_parameters_without_head") for r in recs}
+        lines.append("| score | " + " | ".join(cells) + " |")
+        lines.append("| trainable parameters (without head) | " + " | ".join(str(params.get(x, "")) for x in xs) + " |")
+        lines.append("")
+    return lines
+
+
 def _bucket(records: list[dict]) -> dict:
     out = defaultdict(list)
     for r in records:
@@ -249,7 +280,15 @@ def glue_table(records: list[dict]) -> tuple[list[str], list[list[str]], list[di
     """Header, Markdown-ready rows, and CSV rows (numbers) for the per-task table."""
     tasks = sorted({r["task"] for r in records})
     by = _group(records, lambda r: (row_label(r), r["task"]))
-    labels = list(dict.fromkeys(row_label(r) for r in records))
+    # rows in a fixed order whatever order the (possibly sharded) sweep finished its cells in: PETL
+    # methods by name, then layer, then setting; then the raw probes; full fine-tuning last
+    order = {}
+    for r in records:
+        name = r["method_name"]
+        kind = 2 if name.split(" ")[0] == "full" else 1 if name.startswith("raw") else 0
+        settings = tuple(sorted((k, str(v).zfill(8)) for k, v in (r.get("setting") or {}).items()))
+        order.setdefault(row_label(r), (kind, name, -1 if r.get("layer") is None else r["layer"], settings))
+    labels = sorted(order, key=order.get)
     means = {key: _stats(v) for key, v in by.items()}
     header = ["method", *tasks, "trainable params (no head)"]
     params = {}
@@ -283,26 +322,47 @@ def glue_table(records: list[dict]) -> tuple[list[str], list[list[str]], list[di
         row["trainable_parameters_without_head"] = params.get(lab)
         md_rows.append([lab, *cells, f"{params.get(lab):,}" if isinstance(params.get(lab), int) else ""])
         csv_rows.append(row)
-    rel, gap = ["relative improvement"], ["gap bridged"]
+    constant, rel, gap = ["constant predictor"], ["relative improvement"], ["gap bridged"]
     for t in tasks:
+        values = [b for b in (baseline_score(r) for r in records if r["task"] == t) if b is not None]
+        floor = statistics.fmean(values) if values else None
+        if floor is not None and math.isnan(floor):
+            floor = None  # a constant prediction has no correlation (STS-B's Pearson/Spearman)
+            constant.append("undefined")
+        else:
+            constant.append(f"{floor:.1f}" if floor is not None else "")
         raws = [means[(lab, t)][0] for lab in labels if is_raw(lab) and (lab, t) in means]
         fulls = [means[(lab, t)][0] for lab in labels if is_full(lab) and (lab, t) in means]
         best = best_petl[t][0] if best_petl[t] else None
-        if raws and best is not None and max(raws) != 0:
-            rel.append(f"{100 * (best - max(raws)) / abs(max(raws)):+.1f}%")
-        else:
+        if not raws or best is None:
             rel.append("")
-        if raws and fulls and best is not None and fulls[0] != max(raws):
-            gap.append(f"{100 * (best - max(raws)) / (fulls[0] - max(raws)):.1f}%")
+            gap.append("")
+            continue
+        raw = max(raws)
+        # the derived rows are ratios; where their denominators carry no signal they are noise, so say so
+        if fulls and floor is not None and fulls[0] <= floor:
+            rel.append("n/a: full ≤ constant")
+            gap.append("n/a: full ≤ constant")
+            continue
+        rel.append(f"{100 * (best - raw) / raw:+.1f}%" if raw > 0 else "n/a: raw ≤ 0")
+        if fulls:
+            gap.append(f"{100 * (best - raw) / (fulls[0] - raw):.1f}%" if fulls[0] > raw else "n/a: full ≤ raw")
         else:
             gap.append("")
-    constant = ["constant predictor"]
-    for t in tasks:
-        values = [b for b in (baseline_score(r) for r in records if r["task"] == t) if b is not None]
-        constant.append(f"{statistics.fmean(values):.1f}" if values else "")
     md_rows += [constant + ["0"], rel + [""], gap + [""]]
     csv_rows += [{"method": row[0], **dict(zip(tasks, row[1:], strict=True))} for row in (constant, rel, gap)]
     return header, md_rows, csv_rows
+
+
+def compute_summary(records: list[dict]) -> str:
+    """Summed cell wall-clock time per kind of machine. Cells run side by side on one machine (sweep
+    shards) each count their own wall-clock time, so on a shared GPU this exceeds the time it was held."""
+    hours: dict[str, float] = defaultdict(float)
+    for r in records:
+        hw = r.get("hardware") or {}
+        where = hw.get("gpu") or (f"CPU ({hw['cpu_count']} cores)" if hw.get("cpu_count") else "CPU")
+        hours[where] += (r.get("cell_seconds") or r.get("wall_time_seconds") or 0) / 3600
+    return "cell time recorded: " + ", ".join(f"{h:.2f} h on {where}" for where, h in sorted(hours.items()))
 
 
 def write_report(results: str, out_dir: str, metric: str | None = None) -> list[Path]:
@@ -330,19 +390,9 @@ def write_report(results: str, out_dir: str, metric: str | None = None) -> list[
     for model, recs in by_model.items():
         for task in sorted({r["task"] for r in recs}):
             task_recs = [r for r in recs if r["task"] == task]
-            fig, ax = plt.subplots(figsize=(7, 4.5))
-            if layer_figure(task_recs, ax, _describe(task_recs)):
-                fig.tight_layout()
-                path = out / f"layers_{task}_{model}{suffix}.png"
-                fig.savefig(path, dpi=130)
-                written.append(path)
-            plt.close(fig)
-            lines = layer_table(task_recs)
-            if lines:
-                path = out / f"layers_{task}_{model}{suffix}.md"
-                path.write_text("\n".join(lines) + "\n")
-                written.append(path)
             if any(_numeric_axes(r) for r in task_recs):
+                # a scale-up study: its per-layer panel and table belong to the scale_up_ files, so a
+                # layer study of the same task and model keeps its layers_ files
                 fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
                 scale_figure(task_recs, left)
                 layer_figure(task_recs, right)
@@ -352,6 +402,22 @@ def write_report(results: str, out_dir: str, metric: str | None = None) -> list[
                 fig.savefig(path, dpi=130)
                 written.append(path)
                 plt.close(fig)
+                path = out / f"scale_up_{task}_{model}{suffix}.md"
+                path.write_text("\n".join(scale_table(task_recs) + [""] + (layer_table(task_recs) or [])) + "\n")
+                written.append(path)
+                continue
+            if not _spans_layers(task_recs):
+                continue  # every method at one layer (a GLUE-table grid): no score-vs-layer figure
+            fig, ax = plt.subplots(figsize=(7, 4.5))
+            layer_figure(task_recs, ax, _describe(task_recs))
+            fig.tight_layout()
+            path = out / f"layers_{task}_{model}{suffix}.png"
+            fig.savefig(path, dpi=130)
+            written.append(path)
+            plt.close(fig)
+            path = out / f"layers_{task}_{model}{suffix}.md"
+            path.write_text("\n".join(layer_table(task_recs)) + "\n")
+            written.append(path)
         header, md_rows, csv_rows = glue_table(recs)
         stem = Path(results).stem
         md = [f"{_describe(recs)}. Mean ± std over seeds; bold: best PETL row per task.", ""]
@@ -368,8 +434,7 @@ def write_report(results: str, out_dir: str, metric: str | None = None) -> list[
             writer.writeheader()
             writer.writerows(csv_rows)
         written.append(path)
-    compute = sum(r.get("cell_seconds") or r.get("wall_time_seconds") or 0 for r in records)
-    print(f"{len(records)} cells, {compute / 3600:.2f} h of compute recorded; wrote " + ", ".join(str(p) for p in written))
+    print(f"{len(records)} cells; {compute_summary(records)}; wrote " + ", ".join(str(p) for p in written))
     return written
 
 

@@ -114,7 +114,16 @@ def test_sweep_records_resumes_keeps_failures_and_reports(tmp_path, glue_dir, mo
     assert run_sweep(path, retry_failed=False)["to_run"] == 0
     # report: figures and the table from the JSONL alone
     written = {p.name for p in write_report(str(tmp_path / "tiny.jsonl"), str(tmp_path / "fig"))}
-    assert {"layers_mrpc_minilm-l6.png", "scale_up_mrpc_minilm-l6.png", "table_tiny_minilm-l6.md"} <= written
+    assert {"scale_up_mrpc_minilm-l6.png", "scale_up_mrpc_minilm-l6.md", "table_tiny_minilm-l6.md"} <= written
+    # a grid with a setting axis is a scale-up study: its per-layer view goes into the scale_up_ files,
+    # so it never overwrites the layers_ files of a layer study of the same task and model
+    assert not any(name.startswith("layers_") for name in written)
+    scale_md = (tmp_path / "fig" / "scale_up_mrpc_minilm-l6.md").read_text()
+    assert "| adapter-dim: adapter_dim | 1 | 4 |" in scale_md and "| lora |" in scale_md
+    layer_only = tmp_path / "layer_only.jsonl"
+    layer_only.write_text("".join(json.dumps(x) + "\n" for x in lines if x["method_name"] != "adapter-dim"))
+    written = {p.name for p in write_report(str(layer_only), str(tmp_path / "fig2"))}
+    assert {"layers_mrpc_minilm-l6.png", "layers_mrpc_minilm-l6.md"} <= written and not any("scale_up" in n for n in written)
     table = (tmp_path / "fig" / "table_tiny_minilm-l6.md").read_text()
     assert "MRPC, split heldout" in table and "seeds 1" in table and "gap bridged" in table
     # the constant predictor: stored by run_glue, or recomputed from the data for records without it
@@ -128,9 +137,9 @@ def test_sweep_records_resumes_keeps_failures_and_reports(tmp_path, glue_dir, mo
     assert baseline_score(old) is None  # a different split than the one recorded: no baseline
     # another metric than the selection metric (F1 on MRPC): accuracy, in files of their own
     written = {p.name for p in write_report(str(tmp_path / "tiny.jsonl"), str(tmp_path / "fig"), metric="accuracy")}
-    assert {"layers_mrpc_minilm-l6_accuracy.png", "layers_mrpc_minilm-l6_accuracy.md", "table_tiny_minilm-l6_accuracy.md"} <= written
+    assert {"scale_up_mrpc_minilm-l6_accuracy.png", "scale_up_mrpc_minilm-l6_accuracy.md", "table_tiny_minilm-l6_accuracy.md"} <= written
     lora = ok["mrpc/lora/layer=1/seed=1"]["reported_metrics"]["test"]["accuracy"]
-    by_layer = (tmp_path / "fig" / "layers_mrpc_minilm-l6_accuracy.md").read_text()
+    by_layer = (tmp_path / "fig" / "scale_up_mrpc_minilm-l6_accuracy.md").read_text()
     assert (
         "accuracy (%) on the reported split" in by_layer
         and f"| lora | {100 * ok['mrpc/lora/layer=0/seed=1']['reported_metrics']['test']['accuracy']:.1f} (n=1) | {100 * lora:.1f} (n=1) |"
@@ -153,3 +162,18 @@ def test_table_relative_improvement_and_gap_bridged():
     assert by["lora@5"][1] == "**61.0 ± 1.4**"
     assert by["relative improvement"][1] == "+10.9%"  # (61 - 55) / 55
     assert by["gap bridged"][1] == "37.5%"  # (61 - 55) / (71 - 55)
+
+    # where a denominator carries no signal the derived rows say so instead of printing a ratio
+    def with_floor(recs, floor):
+        return [{**r, "baselines": {"test": {"constant": {"accuracy": floor}}}} for r in recs]
+
+    below_raw = [rec("raw-avg", 0.56), rec("lora", 0.55, layer=5), rec("full", 0.54)]  # RTE on MiniLM-L6
+    by = {r[0]: r for r in glue_table(below_raw)[1]}
+    assert by["gap bridged"][1] == "n/a: full ≤ raw" and by["relative improvement"][1] == "-1.8%"
+    by = {r[0]: r for r in glue_table(with_floor(below_raw + [rec("full", 0.60, seed=2)], 0.58))[1]}
+    assert by["constant predictor"][1] == "58.0" and by["gap bridged"][1] == "n/a: full ≤ constant"
+    negative_raw = [rec("raw-avg", -0.03), rec("lora", 0.05, layer=5), rec("full", 0.10)]  # CoLA's MCC
+    by = {r[0]: r for r in glue_table(negative_raw)[1]}
+    assert by["relative improvement"][1] == "n/a: raw ≤ 0" and by["gap bridged"][1] == "61.5%"  # 8 / 13
+    by = {r[0]: r for r in glue_table(with_floor(negative_raw, float("nan")))[1]}  # STS-B: no correlation
+    assert by["constant predictor"][1] == "undefined" and by["gap bridged"][1] == "61.5%"
