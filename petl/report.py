@@ -224,7 +224,8 @@ def scale_figure(records: list[dict], ax) -> bool:
         ax.axhline(_stats(values)[0], linestyle="--", color="black" if name.startswith("full") else "grey", label=name)
     _baseline_line(records, ax)
     ax.set_xscale("log", base=2)
-    ax.set_xlabel("setting value (log scale)")
+    axes = {axis for _, axis in _bucket(scaled)}
+    ax.set_xlabel(f"{axes.pop() if len(axes) == 1 else 'setting value'} (log scale)")
     ax.set_ylabel("score (%)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")

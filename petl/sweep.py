@@ -37,7 +37,8 @@ one results file (lines are appended atomically; cache folders are written to a 
 renamed). Measure before relying on it: on this project's 2-core machine, 2 one-thread workers ran
 the MiniLM-L6 MRPC cells 2.3x slower each than one 2-thread process (0.86x the cells per hour in
 total), although a synthetic fixed-shape step benchmark had promised 1.25x. Workers pay off where
-each still gets several cores, or where one run cannot use them all.
+each still gets several cores, or where one run cannot use them all: on one H100 with 16 cores, 8
+two-thread workers ran 136 MiniLM-L6 cells in 240 s, 1.8 s a cell.
 """
 
 from __future__ import annotations
