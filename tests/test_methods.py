@@ -22,6 +22,7 @@ IDENTITY_AT_INIT = [
     ("adapter", {"dim": 8, "layernorm": True, "scaling": "learned"}),
     ("houlsby", {"dim": 8}),
     ("pfeiffer", {"dim": 8}),
+    ("pfeiffer", {"dim": I}),  # over-complete: wider than the hidden size, as wide as the FFN
     ("parallel", {"dim": 8}),
     ("bitfit", {}),
 ]
@@ -73,6 +74,7 @@ def test_parameter_counts_equal_the_formula(arch):
         ("lora", {"targets": "ffn_in", "rank": 2, "layers": "1"}, 2 * (H + I)),
         ("adapter", {"dim": 8, "placement": "attn,ffn", "layers": "1-2"}, 2 * 2 * (2 * H * 8 + 8 + H)),
         ("adapter", {"dim": 8, "layernorm": True, "scaling": "learned", "layers": "0"}, 2 * H * 8 + 8 + H + 2 * H + 1),
+        ("adapter", {"dim": I, "layers": "0"}, 2 * H * I + I + H),
         ("bitfit", {"layers": "all"}, L * (7 * H + I)),
         ("bitfit", {"targets": "q,ffn_in", "layers": "2"}, H + I),
         ("prefix", {"length": 5, "layers": "0,1"}, 2 * 2 * 5 * H),
