@@ -154,7 +154,7 @@ def run(
     from petl.arch import is_decoder
     from petl.core import apply_petl, format_summary, load_petl, petl_state_dict, read_petl_config, save_petl, trainable_summary
     from petl.data import ExtraInputsCollator, check_pair_template, plan_splits, tokenize_split
-    from petl.metrics import constant_baseline, default_selection_metric, glue_metrics
+    from petl.metrics import constant_baselines, default_selection_metric, glue_metrics
     from petl.models import load_model, load_tokenizer, resolve_model_path
     from petl.results import RESULTS_FILE, append_jsonl, git_commit, hardware, library_versions, peak_memory, write_json_atomic
     from petl.training import BestStateCallback, PetlTrainer
@@ -371,11 +371,7 @@ def run(
         "test_metrics": eval_metrics.get("test") if report_prefix == "test" else None,
         "eval_metrics": eval_metrics,
         "reported_metrics": {k: v for k, v in eval_metrics.items() if k.startswith(report_prefix)},
-        "baselines": {
-            name: {"constant": constant_baseline(task_name, plan.train.labels, split.labels, labels.num_labels, labels.is_regression)}
-            for name, split in plan.eval_sets.items()
-            if name.startswith(report_prefix) and split.labels is not None
-        },
+        "baselines": constant_baselines(task_name, plan, labels.num_labels, labels.is_regression),
         "best_step": best.best_step,
         "best_epoch": best.best_epoch,
         "best_validation_score": best.best_value,

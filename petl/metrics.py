@@ -57,6 +57,15 @@ def constant_baseline(
     return glue_metrics(task_name, np.eye(num_labels)[np.full(len(eval_array), majority)], eval_array, False)
 
 
+def constant_baselines(task_name: str | None, plan, num_labels: int, is_regression: bool) -> dict[str, dict]:
+    """{reported split: {"constant": metrics}} for a `petl.data.SplitPlan`: what every run must beat."""
+    return {
+        name: {"constant": constant_baseline(task_name, plan.train.labels, split.labels, num_labels, is_regression)}
+        for name, split in plan.eval_sets.items()
+        if name.startswith(plan.report_prefix) and split.labels is not None
+    }
+
+
 def default_selection_metric(task_name: str | None, is_regression: bool) -> str:
     """CoLA: MCC; STS-B: combined Pearson/Spearman; MRPC/QQP: F1; others: accuracy."""
     if task_name == "cola":

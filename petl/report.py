@@ -90,7 +90,7 @@ def _recomputed_baselines(task_name, split_mode, split_seed, train_size, eval_si
     if not (task_name and split_mode and glue_dir and train_size):
         return None
     from petl.data import load_glue_dir, plan_splits
-    from petl.metrics import constant_baseline
+    from petl.metrics import constant_baselines
     from petl.tasks import get_task
 
     try:
@@ -102,11 +102,7 @@ def _recomputed_baselines(task_name, split_mode, split_seed, train_size, eval_si
     if tuple(sorted(plan.description["fingerprints"].items())) != fingerprints:
         return None  # not the split the record was trained and scored on
     num_labels, regression = (1, True) if task.labels is None else (len(task.labels), False)
-    return {
-        name: {"constant": constant_baseline(task_name, plan.train.labels, split.labels, num_labels, regression)}
-        for name, split in plan.eval_sets.items()
-        if name.startswith(plan.report_prefix)
-    }
+    return constant_baselines(task_name, plan, num_labels, regression)
 
 
 def model_tag(rec: dict) -> str:
@@ -148,7 +144,7 @@ def _numeric_axes(rec: dict) -> list[str]:
 
 def layer_figure(records: list[dict], ax, title: str | None = None) -> bool:
     """Score vs layer on `ax`; returns False when there is nothing layer-wise to draw."""
-    layered = [r for r in records if r.get("layer") is not None and not r.get("setting")]
+    layered = _layered(records)
     if not layered:
         return False
     by = _group(layered, lambda r: (r["method_name"], r["layer"]))
@@ -158,7 +154,7 @@ def layer_figure(records: list[dict], ax, title: str | None = None) -> bool:
         stats = [_stats(by[(name, layer)]) for layer in layers]
         line = ax.plot(layers, [s[0] for s in stats], marker="o", label=name)[0]
         ax.fill_between(layers, [s[2] for s in stats], [s[3] for s in stats], color=line.get_color(), alpha=0.15)
-    flat = _group([r for r in records if r.get("layer") is None and not r.get("setting")], lambda r: r["method_name"])
+    flat = _group(_unlayered(records), lambda r: r["method_name"])
     for name, values in flat.items():
         mean = _stats(values)[0]
         ax.axhline(mean, linestyle="--", color="black" if name.startswith("full") else "grey", label=f"{name} ({mean:.1f})")
@@ -174,17 +170,32 @@ def layer_figure(records: list[dict], ax, title: str | None = None) -> bool:
     return True
 
 
-def _baseline_line(records: list[dict], ax) -> None:
+def _layered(records: list[dict]) -> list[dict]:
+    """Cells placed at one target layer, without a setting axis: the score-vs-layer lines."""
+    return [r for r in records if r.get("layer") is not None and not r.get("setting")]
+
+
+def _unlayered(records: list[dict]) -> list[dict]:
+    """Cells with neither a layer nor a setting (full fine-tuning, whole-backbone heads): flat lines."""
+    return [r for r in records if r.get("layer") is None and not r.get("setting")]
+
+
+def _constant_score(records: list[dict]) -> float | None:
+    """Mean constant-predictor score over the records that have one (None if none has)."""
     values = [b for b in map(baseline_score, records) if b is not None]
-    if values:
-        mean = statistics.fmean(values)
+    return statistics.fmean(values) if values else None
+
+
+def _baseline_line(records: list[dict], ax) -> None:
+    mean = _constant_score(records)
+    if mean is not None:
         ax.axhline(mean, linestyle=":", color="red", label=f"constant predictor ({mean:.1f})")
 
 
 def layer_table(records: list[dict]) -> list[str] | None:
     """Markdown: one row per layer-wise method, one column per target layer (mean ± std over seeds),
     then the methods without a layer and the constant predictor."""
-    layered = [r for r in records if r.get("layer") is not None and not r.get("setting")]
+    layered = _layered(records)
     if not layered:
         return None
     by = _group(layered, lambda r: (r["method_name"], r["layer"]))
@@ -200,12 +211,12 @@ def layer_table(records: list[dict]) -> list[str] | None:
 
     for name in dict.fromkeys(r["method_name"] for r in layered):
         lines.append(f"| {name} | " + " | ".join(cell(by.get((name, layer))) for layer in layers) + " |")
-    flat = _group([r for r in records if r.get("layer") is None and not r.get("setting")], lambda r: r["method_name"])
+    flat = _group(_unlayered(records), lambda r: r["method_name"])
     for name, values in flat.items():
         lines.append(f"| {name} (no layer) | {cell(values)} |" + " |" * (len(layers) - 1))
-    constant = [b for b in map(baseline_score, records) if b is not None]
-    if constant:
-        lines.append(f"| constant predictor | {statistics.fmean(constant):.1f} |" + " |" * (len(layers) - 1))
+    constant = _constant_score(records)
+    if constant is not None:
+        lines.append(f"| constant predictor | {constant:.1f} |" + " |" * (len(layers) - 1))
     return lines
 
 
@@ -219,7 +230,7 @@ def scale_figure(records: list[dict], ax) -> bool:
         stats = [_stats(by[x]) for x in xs]
         line = ax.plot(xs, [s[0] for s in stats], marker="o", label=f"{name} ({axis})")[0]
         ax.fill_between(xs, [s[2] for s in stats], [s[3] for s in stats], color=line.get_color(), alpha=0.15)
-    flat = _group([r for r in records if r.get("layer") is None and not r.get("setting")], lambda r: r["method_name"])
+    flat = _group(_unlayered(records), lambda r: r["method_name"])
     for name, values in flat.items():
         ax.axhline(_stats(values)[0], linestyle="--", color="black" if name.startswith("full") else "grey", label=name)
     _baseline_line(records, ax)
@@ -235,9 +246,8 @@ def scale_figure(records: list[dict], ax) -> bool:
 def _spans_layers(records: list[dict]) -> bool:
     """True when some method was run at two or more target layers."""
     layers = defaultdict(set)
-    for r in records:
-        if r.get("layer") is not None and not r.get("setting"):
-            layers[r["method_name"]].add(r["layer"])
+    for r in _layered(records):
+        layers[r["method_name"]].add(r["layer"])
     return any(len(v) > 1 for v in layers.values())
 
 
@@ -325,8 +335,7 @@ def glue_table(records: list[dict]) -> tuple[list[str], list[list[str]], list[di
         csv_rows.append(row)
     constant, rel, gap = ["constant predictor"], ["relative improvement"], ["gap bridged"]
     for t in tasks:
-        values = [b for b in (baseline_score(r) for r in records if r["task"] == t) if b is not None]
-        floor = statistics.fmean(values) if values else None
+        floor = _constant_score([r for r in records if r["task"] == t])
         if floor is not None and math.isnan(floor):
             floor = None  # a constant prediction has no correlation (STS-B's Pearson/Spearman)
             constant.append("undefined")
@@ -353,6 +362,15 @@ def glue_table(records: list[dict]) -> tuple[list[str], list[list[str]], list[di
     md_rows += [constant + ["0"], rel + [""], gap + [""]]
     csv_rows += [{"method": row[0], **dict(zip(tasks, row[1:], strict=True))} for row in (constant, rel, gap)]
     return header, md_rows, csv_rows
+
+
+def _save_figure(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return path
 
 
 def compute_summary(records: list[dict]) -> str:
@@ -398,11 +416,7 @@ def write_report(results: str, out_dir: str, metric: str | None = None) -> list[
                 scale_figure(task_recs, left)
                 layer_figure(task_recs, right)
                 fig.suptitle(_describe(task_recs), fontsize=9)
-                fig.tight_layout()
-                path = out / f"scale_up_{task}_{model}{suffix}.png"
-                fig.savefig(path, dpi=130)
-                written.append(path)
-                plt.close(fig)
+                written.append(_save_figure(fig, out / f"scale_up_{task}_{model}{suffix}.png"))
                 path = out / f"scale_up_{task}_{model}{suffix}.md"
                 path.write_text("\n".join(scale_table(task_recs) + [""] + (layer_table(task_recs) or [])) + "\n")
                 written.append(path)
@@ -411,11 +425,7 @@ def write_report(results: str, out_dir: str, metric: str | None = None) -> list[
                 continue  # every method at one layer (a GLUE-table grid): no score-vs-layer figure
             fig, ax = plt.subplots(figsize=(7, 4.5))
             layer_figure(task_recs, ax, _describe(task_recs))
-            fig.tight_layout()
-            path = out / f"layers_{task}_{model}{suffix}.png"
-            fig.savefig(path, dpi=130)
-            written.append(path)
-            plt.close(fig)
+            written.append(_save_figure(fig, out / f"layers_{task}_{model}{suffix}.png"))
             path = out / f"layers_{task}_{model}{suffix}.md"
             path.write_text("\n".join(layer_table(task_recs)) + "\n")
             written.append(path)
