@@ -4,6 +4,10 @@
 #   bash hyper_search.sh
 #   METHOD=lora TASK=mrpc TRIALS=8 SCHEDULER=asha bash hyper_search.sh --lora_layers 4-5
 #   RAY_ADDRESS=auto GPUS_PER_TRIAL=1 bash hyper_search.sh        # on an existing Ray cluster
+#   bash hyper_search.sh --resume                                 # continue a killed search in the same OUTPUT_DIR
+# --resume loads Ray's pickles (tuner.pkl, trial state, checkpoints) from OUTPUT_DIR, and a crafted pickle runs
+# code: it accepts only a folder your own search created (signed .petl_search.json), writable by no one else.
+# Bad arguments or search spaces stop with one `error:` line and exit status 2 before Ray starts.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"

@@ -9,17 +9,22 @@ Arguments: argument_classes/. Methods: petl/methods/ (registry in petl/registry.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
+import json
 import logging
+import math
 import os
 import sys
 import time
+from collections.abc import Collection
 from pathlib import Path
 
 import numpy as np
 
 from argument_classes import ARGUMENT_CLASSES, DataArguments, ModelArguments, PetlArguments, PetlTrainingArguments
+from argument_classes.checks import check_numbers
 from petl.errors import PetlError, exit_status
 
 DECODER_PAIR_TEMPLATE = "{s1}\n{s2}"
@@ -28,24 +33,110 @@ METRIC_NAMES = ("accuracy", "f1", "matthews_correlation", "pearson", "spearmanr"
 logger = logging.getLogger("run_glue")
 
 
-def parse_args(argv: list[str] | None = None):
-    from transformers import HfArgumentParser
+def _is_args_file(argv: list[str]) -> bool:
+    return len(argv) == 1 and argv[0].endswith(".json")
 
-    parser = HfArgumentParser(ARGUMENT_CLASSES)
+
+def _read_args_file(file: str) -> tuple[dict, str]:
+    """An args file's values and text; a missing or unparsable file is one line naming it (and the line)."""
+    path = Path(file)
+    if not path.is_file():
+        raise PetlError(f"argument file {file!r} does not exist")
+    try:
+        text = path.read_text()
+        return json.loads(text), text
+    except json.JSONDecodeError as err:
+        raise PetlError(f"argument file {file!r}, line {err.lineno}: not valid JSON ({err.msg})") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise PetlError(f"argument file {file!r} cannot be read: {err}") from None
+
+
+def parse_args(argv: list[str] | None = None) -> tuple:
+    """The four argument objects from the command line, or from one JSON args file (its keys and
+    value types checked: a wrong one is one line naming key, file, line, value and expected type)."""
+    from argument_classes import ArgumentParser, arguments_from_dict
+
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        if not Path(argv[0]).is_file():
-            raise PetlError(f"argument file {argv[0]!r} does not exist")
-        return parser.parse_json_file(json_file=os.path.abspath(argv[0]))
-    return parser.parse_args_into_dataclasses(args=argv)
+    if _is_args_file(argv):
+        values, text = _read_args_file(argv[0])
+        return arguments_from_dict(values, f"argument file {argv[0]!r}", source_text=text)
+    return ArgumentParser(ARGUMENT_CLASSES).parse_args_into_dataclasses(args=argv)
+
+
+def given_argument_names(argv: list[str] | None = None) -> set[str]:
+    """The argument names set explicitly: the flags on the command line (however spelt: `--lora-rank`,
+    `--lora_rank=8`, `--no_x`), or the keys of the args file. A method's flag given explicitly is
+    refused when the method is not selected, even at its default value."""
+    from argument_classes import ArgumentParser
+
+    argv = sys.argv[1:] if argv is None else argv
+    if _is_args_file(argv):
+        values, _ = _read_args_file(argv[0])
+        return set(values) if isinstance(values, dict) else set()
+    parser = ArgumentParser(ARGUMENT_CLASSES)
+    for action in parser._actions:  # no defaults: the namespace then holds exactly the flags given
+        action.default = argparse.SUPPRESS
+    given, _ = parser.parse_known_args(args=argv)
+    return set(vars(given))
 
 
 def _model_tag(name: str) -> str:
     return Path(name).name or name.replace("/", "_")
 
 
+def check_writable_folder(folder: str | os.PathLike, flag: str) -> None:
+    """Refuse, before any work, a folder that could not be created or written to: one under a file,
+    a file itself, or a read-only place. Creates nothing."""
+    path = Path(folder).absolute()
+    if path.exists() and not path.is_dir():
+        raise PetlError(f"{flag} {str(folder)!r} is a file; give a folder")
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise PetlError(f"{flag} {str(folder)!r}: {str(existing)!r} is a file, so the folder cannot be created under it")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PetlError(f"{flag} {str(folder)!r}: {str(existing)!r} is not writable; give a folder this user can write to")
+
+
+def check_deepspeed_device(training_args) -> None:
+    """DeepSpeed without a GPU needs --use_cpu (and DS_ACCELERATOR=cpu); without it DeepSpeed dies in
+    its own batch-size assertion long after start-up."""
+    import torch
+
+    if training_args.deepspeed and not training_args.use_cpu and not torch.cuda.is_available():
+        raise PetlError(
+            f"--deepspeed {str(training_args.deepspeed)!r} on a machine without a GPU needs --use_cpu "
+            "(run: DS_ACCELERATOR=cpu deepspeed --num_gpus N run_glue.py --deepspeed ... --use_cpu)"
+        )
+
+
+def finite_or_null(record: dict) -> dict:
+    """The record with every NaN/infinity replaced by null, so results files stay JSON (bare NaN is
+    not); each replaced value is named in one warning. The inputs are checked finite before
+    training, so what remains is a run that diverged or a metric undefined on constant predictions."""
+    replaced: list[str] = []
+
+    def clean(value, where: str):
+        if isinstance(value, dict):
+            return {k: clean(v, f"{where}.{k}" if where else str(k)) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        if isinstance(value, (float, np.floating)) and not math.isfinite(value):
+            replaced.append(f"{where}={value}")
+            return None
+        return value
+
+    cleaned = clean(record, "")
+    if replaced:
+        shown = ", ".join(replaced[:6]) + (f" and {len(replaced) - 6} more" if len(replaced) > 6 else "")
+        logger.warning("non-finite values recorded as null (the run diverged or a metric is undefined): %s", shown)
+    return cleaned
+
+
 def prepare_output_dir(model_args, data_args, petl_args, training_args) -> Path:
-    """Default the folder name; refuse to replace another run's results without the flag."""
+    """Default the folder name; refuse to replace another run's results without the flag. Every
+    folder the run will write is checked writable here, before any work."""
     from petl.results import RESULTS_FILE
 
     if not training_args.output_dir or training_args.output_dir == "trainer_output":
@@ -54,6 +145,11 @@ def prepare_output_dir(model_args, data_args, petl_args, training_args) -> Path:
         method_tag = petl_args.method.replace(",", "+")
         training_args.output_dir = str(Path("outputs") / f"{task}-{model_tag}-{method_tag}-s{training_args.seed}")
     out = Path(training_args.output_dir)
+    check_writable_folder(out, "--output_dir")
+    if petl_args.export_peft:
+        check_writable_folder(petl_args.export_peft, "--export_peft")
+    if training_args.cache_frozen_layers and training_args.cache_dir:
+        check_writable_folder(training_args.cache_dir, "--cache_dir")
     if (out / RESULTS_FILE).exists() and not training_args.overwrite_output_dir and not petl_args.dry_run:
         raise PetlError(
             f"--output_dir {str(out)!r} already holds a run's {RESULTS_FILE}; choose another folder or pass --overwrite_output_dir"
@@ -142,11 +238,13 @@ def run(
     callbacks: list | None = None,
     trial: bool = False,
     cache_when_valid: bool = False,
+    given: Collection[str] = (),
 ) -> dict:
     """One training run. `callbacks` join the Trainer's; `trial=True` (hyperparameter search) stops
     after training: no test evaluation, no files, only the validation history is returned.
     `cache_when_valid` (sweeps): with --cache_frozen_layers, run uncached instead of refusing when
-    the methods leave nothing to cache (full, prompt, layer 0)."""
+    the methods leave nothing to cache (full, prompt, layer 0). `given`: the argument names set
+    explicitly (given_argument_names): a flag of an unselected method is refused even at its default."""
     import torch
     import transformers
     from transformers import DataCollatorWithPadding, set_seed
@@ -157,10 +255,12 @@ def run(
     from petl.metrics import constant_baselines, default_selection_metric, glue_metrics
     from petl.models import load_model, load_tokenizer, resolve_model_path
     from petl.results import RESULTS_FILE, append_jsonl, git_commit, hardware, library_versions, peak_memory, write_json_atomic
-    from petl.training import BestStateCallback, PetlTrainer
+    from petl.training import BestStateCallback, PetlTrainer, resolve_resume_checkpoint
 
     started = time.time()
     # ---- validate everything cheap before any heavy work
+    check_numbers(model_args, data_args, petl_args, training_args)
+    check_deepspeed_device(training_args)
     if petl_args.load_petl:
         saved = read_petl_config(petl_args.load_petl)
         petl_args.method = ",".join(m["method"] for m in saved["methods"])
@@ -169,7 +269,7 @@ def run(
             data_args.pair_template = saved.get("pair_template")  # the delta was trained on texts joined this way
         method_configs = None
     else:
-        method_configs = petl_args.method_configs()
+        method_configs = petl_args.method_configs(given)
     method_names = petl_args.method_names()
     if model_args.pooler_type not in ("auto", "model", "cls", "avg", "last"):
         raise PetlError(f"--pooler_type {model_args.pooler_type!r} is not one of auto, model, cls, avg, last")
@@ -191,7 +291,14 @@ def run(
         # unused ones (HF's default for non-PreTrainedModel wrappers) costs a graph walk per step
         training_args.ddp_find_unused_parameters = False
     out_dir = Path(training_args.output_dir) if trial else prepare_output_dir(model_args, data_args, petl_args, training_args)
+    if training_args.results_file and not trial:
+        from petl.results import check_appendable
 
+        check_appendable(training_args.results_file, "--results_file")  # a folder or read-only file: refused before training
+    if training_args.do_train:  # `true`: the latest complete checkpoint in output_dir; a bad path is refused here
+        training_args.resume_from_checkpoint = resolve_resume_checkpoint(training_args.resume_from_checkpoint, out_dir)
+
+    model_path = resolve_model_path(model_args.model_name_or_path)  # an unknown name is refused before the data is read
     task, raw, labels, dev_names, test_names = load_data(data_args, training_args)
     task_name = task.name if task else None
     plan = plan_splits(
@@ -206,7 +313,6 @@ def run(
     )
 
     set_seed(training_args.seed)
-    model_path = resolve_model_path(model_args.model_name_or_path)
     tokenizer = load_tokenizer(model_path)
     with whole_weights_under_zero3(training_args):
         model = load_model(
@@ -330,6 +436,13 @@ def run(
             m = trainer.evaluate(eval_dataset=ds, metric_key_prefix=name)
             eval_metrics[name] = {k.removeprefix(f"{name}_"): v for k, v in m.items()}
 
+    predictions = {}
+    if training_args.do_predict:
+        for name in plan.predict_sets:
+            predictions[name] = trainer.predict(predict_ds[name], metric_key_prefix=name).predictions
+
+    # ---- files: written only now that every evaluation has finished, so a run that failed earlier
+    # leaves an earlier run's delta and predictions in output_dir as they were
     if training_args.do_train:
         state = petl_state_dict(model)  # every rank: gathers the slices under ZeRO-3
         if trainer.is_world_process_zero():
@@ -345,11 +458,10 @@ def run(
                 export_peft(model, petl_args.export_peft, model_args.model_name_or_path, state=state)
 
     prediction_files = {}
-    if training_args.do_predict:
-        for name, split in plan.predict_sets.items():
-            pred = trainer.predict(predict_ds[name], metric_key_prefix=name)
-            if trainer.is_world_process_zero():
-                prediction_files[name] = str(write_predictions(out_dir, task, labels, name, pred.predictions, split.ids))
+    if trainer.is_world_process_zero():
+        for name, preds in predictions.items():
+            ids = plan.predict_sets[name].ids
+            prediction_files[name] = str(write_predictions(out_dir, task, labels, name, preds, ids))
 
     report_prefix = plan.report_prefix
     record = {
@@ -401,16 +513,26 @@ def run(
         },
         "output_dir": str(out_dir),
     }
+    record = finite_or_null(record)  # results files stay JSON: no bare NaN/Infinity
     if trainer.is_world_process_zero():
-        write_json_atomic(out_dir / RESULTS_FILE, record)
-        if training_args.results_file:
-            append_jsonl(training_args.results_file, record)
+        # the JSONL line first: a failed append (full disk) is an error before results.json exists, so a
+        # re-run is not refused as "occupied"; a failed results.json takes the line back
+        appended = append_jsonl(training_args.results_file, record, "--results_file") if training_args.results_file else None
+        try:
+            write_json_atomic(out_dir / RESULTS_FILE, record)
+        except BaseException:
+            if appended:
+                from petl.results import remove_appended
+
+                remove_appended(training_args.results_file, appended)
+            raise
         for name, metrics in record["reported_metrics"].items():
-            shown = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k in METRIC_NAMES)
+            shown = ", ".join(f"{k}={'n/a' if v is None else format(v, '.4f')}" for k, v in metrics.items() if k in METRIC_NAMES)
             print(f"[{task_name or 'custom'}] {name}: {shown}")
             if name in record["baselines"]:
                 kind = "mean label" if labels.is_regression else "majority class"
-                shown = ", ".join(f"{k}={v:.4f}" for k, v in record["baselines"][name]["constant"].items() if k in METRIC_NAMES)
+                constant = record["baselines"][name]["constant"]  # None: undefined (finite_or_null), e.g. Pearson of a constant
+                shown = ", ".join(f"{k}={'n/a' if v is None else format(v, '.4f')}" for k, v in constant.items() if k in METRIC_NAMES)
                 print(f"[{task_name or 'custom'}] {name}, constant baseline ({kind}): {shown}")
     del torch, transformers
     return record
@@ -423,7 +545,8 @@ def main(argv: list[str] | None = None) -> int:
     transformers.logging.set_verbosity_warning()
 
     def parse_and_run() -> None:
-        run(*parse_args(argv))
+        arguments = parse_args(argv)
+        run(*arguments, given=given_argument_names(argv))
 
     return exit_status(parse_and_run)
 

@@ -11,18 +11,26 @@ and then apply the mutated learning rates and weight decay (petl/training.py,
 `_load_optimizer_and_scheduler`). Finally the best trial's final configuration is retrained with a
 fresh seed and evaluated on the held-out test split, as an ordinary results.json record.
 Search spaces: petl/search.py.
+
+Every argument, the search space and the output folder are checked before the folder is made or Ray
+starts. `--resume` loads Ray's pickles from the output folder, so it accepts only a folder that a
+search of this user created and signed (petl/search.py, MARKER_FILE), writable by no one else.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 import json
 import logging
+import math
 import os
+import re
 import shutil
 import sys
 import tempfile
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,7 +52,14 @@ class SearchArguments:
     gpus_per_trial: float = field(default=0.0, metadata={"help": "GPUs per trial."})
     ray_address: str | None = field(default=None, metadata={"help": "Existing Ray cluster (e.g. auto); default: a local one."})
     max_failures: int = field(default=1, metadata={"help": "Retries of a failed trial."})
-    resume: bool = field(default=False, metadata={"help": "Resume an interrupted search in the same output_dir."})
+    resume: bool = field(
+        default=False,
+        metadata={
+            "help": "Resume an interrupted search in the same output_dir. This LOADS PICKLES from the output folder (Ray's "
+            "tuner.pkl, trial state, checkpoints), and a crafted pickle runs code: only a folder that a search of yours "
+            "created (its signed .petl_search.json marker), owned by you and writable by no one else, is accepted."
+        },
+    )
     final_retrain: bool = field(default=True, metadata={"help": "Retrain the best configuration with a fresh seed and report test."})
     search_seed: int = field(default=0, metadata={"help": "Seed of the search (sampling, PBT decisions)."})
 
@@ -58,8 +73,107 @@ def parse_args(argv: list[str] | None = None):
     parser = HfArgumentParser(ARG_CLASSES)
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) == 1 and argv[0].endswith(".json"):
-        return parser.parse_json_file(json_file=os.path.abspath(argv[0]))
+        return parse_json_args(parser, argv[0])
     return parser.parse_args_into_dataclasses(args=argv)
+
+
+def parse_json_args(parser, path: str) -> tuple:
+    """The argument objects from a JSON file, every value checked against its argument's declared
+    type first (HfArgumentParser.parse_dict would take a string for a number and fail much later)."""
+    from petl.search import describe_type, value_fits
+
+    file = Path(path)
+    if not file.is_file():
+        raise PetlError(f"argument file {path!r} does not exist; allowed: a JSON object of run_glue_hyper_search.py arguments")
+    try:
+        text = file.read_text()
+        values = json.loads(text)
+    except (OSError, UnicodeDecodeError) as err:
+        raise PetlError(f"argument file {path!r} cannot be read: {err}") from None
+    except json.JSONDecodeError as err:
+        raise PetlError(f"argument file {path!r} line {err.lineno}: not valid JSON: {err.msg}") from None
+    if not isinstance(values, dict):
+        raise PetlError(f"argument file {path!r} holds a JSON {type(values).__name__}; allowed: an object of argument names to values")
+    declared = {}
+    for cls in ARG_CLASSES:
+        hints = typing.get_type_hints(cls)
+        declared.update({f.name: hints.get(f.name, typing.Any) for f in dataclasses.fields(cls) if f.init})
+    for name, value in values.items():
+        line = _line_of_key(text, name)
+        where = f"argument file {path!r}" + (f" line {line}" if line else "")
+        if name not in declared:
+            near = difflib.get_close_matches(name, declared, n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            raise PetlError(f"{where}: {name!r} is not an argument of run_glue_hyper_search.py{hint}")
+        if not value_fits(value, declared[name]):
+            shown = json.dumps(value) if isinstance(value, (str, int, float, bool, type(None))) else type(value).__name__
+            raise PetlError(f"{where}: {name} is {shown}; allowed: {describe_type(declared[name])}")
+    try:
+        return parser.parse_dict(values)
+    except (ValueError, TypeError) as err:  # the argument classes' own checks (__post_init__)
+        raise PetlError(f"argument file {path!r}: {str(err).splitlines()[0]}") from None
+
+
+def _line_of_key(text: str, name: str) -> int | None:
+    found = re.search(r'"' + re.escape(name) + r'"\s*:', text)
+    return text.count("\n", 0, found.start()) + 1 if found else None
+
+
+def check_search_arguments(search_args: SearchArguments) -> None:
+    """The search's own flags, before any folder is made or Ray is started."""
+    if search_args.search_scheduler not in ("pbt", "asha"):
+        raise PetlError(f"--search_scheduler {search_args.search_scheduler!r} is not one of pbt, asha")
+    if search_args.search_trials < 1:
+        raise PetlError(f"--search_trials {search_args.search_trials} is invalid; allowed: >= 1")
+    if search_args.perturbation_interval < 1:
+        raise PetlError(f"--perturbation_interval {search_args.perturbation_interval} is invalid; allowed: >= 1 (evaluations)")
+    if not (math.isfinite(search_args.cpus_per_trial) and search_args.cpus_per_trial > 0):
+        raise PetlError(f"--cpus_per_trial {search_args.cpus_per_trial} is invalid; allowed: a finite number > 0")
+    if not (math.isfinite(search_args.gpus_per_trial) and search_args.gpus_per_trial >= 0):
+        raise PetlError(f"--gpus_per_trial {search_args.gpus_per_trial} is invalid; allowed: a finite number >= 0")
+    if search_args.max_failures < -1:
+        raise PetlError(f"--max_failures {search_args.max_failures} is invalid; allowed: >= 0, or -1 for unlimited retries")
+
+
+def allowed_metrics(task_name: str | None) -> tuple[str, ...]:
+    """Validation metrics a trial reports: the task's (custom data: any), their mean, and the loss."""
+    from petl.metrics import DEFAULT_METRICS, TASK_METRICS
+
+    if task_name is None:
+        return ("accuracy", "pearson", "spearmanr", "mse", "combined_score", "loss")
+    names = TASK_METRICS.get(task_name, DEFAULT_METRICS)
+    return (*names, *(("combined_score",) if len(names) > 1 else ()), "loss")
+
+
+def prepare_search_folder(out_dir: Path, search_args: SearchArguments, overwrite: bool) -> bool:
+    """Check the output folder (on --resume: that it may be trusted with unpickling), then create or
+    take it over and sign it with the marker. Returns whether there is Ray state to resume."""
+    from petl.search import MARKER_FILE, check_resumable, write_marker
+
+    results_file = out_dir / "search_results.json"
+    state_dir = out_dir / "ray" / "search"
+    if out_dir.exists() and not out_dir.is_dir():
+        raise PetlError(f"--output_dir {str(out_dir)!r} is a file; allowed: a folder (new or one a search created)")
+    if search_args.resume:
+        if overwrite:
+            raise PetlError("--resume continues the search in --output_dir and --overwrite_output_dir starts it afresh; give one")
+        if out_dir.exists():
+            check_resumable(out_dir)  # before Ray unpickles anything from it
+            return state_dir.exists()
+        logger.info("--resume: %s does not exist, nothing to resume; starting a new search", out_dir)
+    elif (results_file.exists() or state_dir.exists()) and not overwrite:
+        raise PetlError(f"--output_dir {str(out_dir)!r} already holds a search; pass --resume or --overwrite_output_dir")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if state_dir.exists():  # --overwrite_output_dir: a new search never leaves old pickles to a later --resume
+            shutil.rmtree(state_dir)
+        write_marker(out_dir)
+    except OSError as err:
+        raise PetlError(f"--output_dir {str(out_dir)!r} cannot be written ({err.strerror or err}); allowed: a writable folder") from None
+    if os.stat(out_dir).st_mode & 0o022:
+        logger.warning("%s is writable by group or others: --resume will refuse it (chmod go-w %s to allow)", out_dir, out_dir)
+    logger.info("search folder %s signed with %s", out_dir, MARKER_FILE)
+    return False
 
 
 def apply_config(base: tuple, config: dict) -> tuple:
@@ -141,23 +255,24 @@ def make_trainable(base_args: tuple, metric_key: str):
     return trainable
 
 
-def run_search(argv: list[str] | None = None) -> dict:
-    import ray
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, PopulationBasedTraining
+def trial_folder_name(trial) -> str:
+    """Ray's own trial id, never the sampled values (which come from a user's space file)."""
+    return f"trial_{trial.trial_id}"
 
+
+def run_search(argv: list[str] | None = None) -> dict:
     from petl.metrics import default_selection_metric
     from petl.search import load_space, mutations, to_tune
     from petl.tasks import get_task
 
+    # everything is checked before the output folder is made and before Ray starts
     model_args, data_args, petl_args, training_args, search_args = parse_args(argv)
-    if search_args.search_scheduler not in ("pbt", "asha"):
-        raise PetlError(f"--search_scheduler {search_args.search_scheduler!r} is not one of pbt, asha")
-    if search_args.search_trials < 1:
-        raise PetlError(f"--search_trials {search_args.search_trials} is invalid; allowed: >= 1")
+    check_search_arguments(search_args)
     methods = petl_args.method_names()
     petl_args.method_configs()  # flag validation before any trial starts
-    space = load_space(search_args.search_space, methods)
+    if petl_args.dry_run:
+        raise PetlError("--dry_run: a search needs trials that train; check the arguments with run_glue.py --dry_run instead")
+    space = load_space(search_args.search_space, methods, search_args.search_scheduler)
     task = get_task(data_args.task_name) if data_args.task_name else None
     is_regression = bool(task and task.labels is None)
     metric = (
@@ -165,6 +280,10 @@ def run_search(argv: list[str] | None = None) -> dict:
         or training_args.metric_for_best_model
         or default_selection_metric(task.name if task else None, is_regression)
     ).removeprefix("eval_")
+    reported = allowed_metrics(task.name if task else None)
+    if metric not in reported:
+        where = "--search_metric" if search_args.search_metric else "--metric_for_best_model"
+        raise PetlError(f"{where} {metric!r} is not reported for this task; allowed: {', '.join(reported)}")
     metric_key = f"eval_{metric}"
     mode = "min" if metric in ("loss", "mse") else "max"
     if training_args.eval_strategy == "no":
@@ -173,8 +292,14 @@ def run_search(argv: list[str] | None = None) -> dict:
     out_dir = Path(training_args.output_dir or f"outputs/search-{data_args.task_name or 'custom'}-{petl_args.method.replace(',', '+')}")
     out_dir = out_dir.resolve()
     results_file = out_dir / "search_results.json"
-    if results_file.exists() and not (training_args.overwrite_output_dir or search_args.resume):
-        raise PetlError(f"--output_dir {str(out_dir)!r} already holds a search; pass --resume or --overwrite_output_dir")
+    # what the search and its local Ray workers write is writable by no one else, so --resume can trust it
+    os.umask(os.umask(0o022) | 0o022)
+    resumable = prepare_search_folder(out_dir, search_args, training_args.overwrite_output_dir)
+
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, PopulationBasedTraining
+
     # trials run in other folders: make every local path absolute
     for obj, name in ((data_args, "glue_dir"), (data_args, "train_file"), (data_args, "validation_file"), (data_args, "test_file"),
                       (model_args, "model_name_or_path"), (training_args, "cache_dir")):  # fmt: skip
@@ -216,7 +341,7 @@ def run_search(argv: list[str] | None = None) -> dict:
             make_trainable(base, metric_key), {"cpu": search_args.cpus_per_trial, "gpu": search_args.gpus_per_trial}
         )
         storage = out_dir / "ray"
-        if search_args.resume and (storage / "search").exists():
+        if resumable:  # prepare_search_folder checked that this folder's pickles are the user's own
             tuner = tune.Tuner.restore(str(storage / "search"), trainable=trainable, resume_errored=True)
         else:
             tuner = tune.Tuner(
@@ -229,6 +354,7 @@ def run_search(argv: list[str] | None = None) -> dict:
                     search_alg=BasicVariantGenerator(random_state=search_args.search_seed),
                     num_samples=search_args.search_trials,
                     reuse_actors=False,
+                    trial_dirname_creator=trial_folder_name,
                 ),
                 run_config=tune.RunConfig(
                     name="search",

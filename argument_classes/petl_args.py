@@ -3,6 +3,7 @@ a flag whose method is not selected is an error, never silently ignored."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field, fields
 
 from petl.errors import PetlError
@@ -79,8 +80,11 @@ class PetlArguments:
         validate_combination(names)
         return names
 
-    def method_configs(self) -> list:
-        """Build one config per selected method from the flags; reject flags of unselected methods."""
+    def method_configs(self, given: Collection[str] = ()) -> list:
+        """Build one config per selected method from the flags; reject flags of unselected methods.
+        `given`: the argument names set explicitly (command line, args file). Such a flag is refused
+        even at its default value (`--method adapter --lora_rank 8`), and so is one that a preset
+        fixes to another value; without `given`, only values differing from the defaults are seen."""
         from petl.registry import METHODS, get_method, make_config
 
         names = self.method_names()
@@ -89,7 +93,8 @@ class PetlArguments:
         all_prefixes = {e.flag_prefix for e in METHODS.values()}
         for f in fields(self):
             prefix = f.name.split("_", 1)[0]
-            if prefix in all_prefixes and prefix not in used_prefixes and getattr(self, f.name) != defaults[f.name]:
+            set_here = f.name in given or getattr(self, f.name) != defaults[f.name]
+            if prefix in all_prefixes and prefix not in used_prefixes and set_here:
                 owners = sorted(n for n, e in METHODS.items() if e.flag_prefix == prefix)
                 raise PetlError(f"--{f.name} was given but --method {self.method!r} does not use it (it belongs to {', '.join(owners)})")
         configs = []
@@ -102,7 +107,7 @@ class PetlArguments:
                 flag = f"{entry.flag_prefix}_{cf.name}"
                 value = getattr(self, flag)
                 if cf.name in entry.preset:
-                    if value != defaults[flag] and value != entry.preset[cf.name]:
+                    if (value != defaults[flag] or flag in given) and value != entry.preset[cf.name]:
                         raise PetlError(f"--{flag} {value!r} conflicts with --method {name}, which fixes it to {entry.preset[cf.name]!r}")
                     continue
                 values[cf.name] = value

@@ -15,22 +15,25 @@ the cached run does not (the frozen bottom acts as a fixed feature extractor).
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import inspect
 import json
 import logging
 import os
-import shutil
-import tempfile
+import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+import transformers
 from torch import nn
 
 from petl.arch import arch_for, backbone_of, get_module, num_layers
 from petl.errors import PetlError
+from petl.results import publish_folder, remove_stale_temps, temporary_path
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +41,8 @@ CACHE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16":
 # numpy has no bfloat16: 16-bit caches are stored as raw int16 words and viewed back
 _STORAGE_DTYPES = {"float32": np.float32, "bfloat16": np.int16, "float16": np.int16}
 CACHE_FORMAT_VERSION = 1
+CACHE_KEY_VERSION = 2  # 2: the key covers the model config, library versions, device, module settings and hooks
+MODEL_INPUT_COLUMNS = ("input_ids", "attention_mask", "token_type_ids")  # all that the frozen bottom is given
 SPLIT_COLUMN = "petl_cache_split"
 INDEX_COLUMN = "petl_cache_index"
 CACHE_INPUT = "cached_hidden_states"
@@ -202,36 +207,150 @@ class HiddenStateCache:
         return out
 
 
-def fingerprint(model: nn.Module, start: int, dataset, dtype: str) -> str:
-    """Identifies a cache: the frozen weights below `start` (and the embeddings), the hooks that
-    act there, the inputs, and the storage type. Any change gives another key."""
-    h = hashlib.sha256()
-    h.update(json.dumps({"v": CACHE_FORMAT_VERSION, "start": start, "dtype": dtype, "type": model.config.model_type}).encode())
-    layers_path = arch_for(model).layers
+# Config fields that cannot change the states entering the start layer, left out of the key so that
+# runs differing only in them share a cache: the task's labels (read by the head alone), where the
+# files were found (the weights themselves are hashed), the version that wrote the config file (the
+# running library versions are hashed instead), and dropout rates (the frozen layers run in eval
+# mode, where dropout is the identity). Every other field is kept, whether it matters or not.
+_CONFIG_FIELDS_IGNORED = frozenset(
+    {"id2label", "label2id", "num_labels", "problem_type", "finetuning_task", "_name_or_path", "transformers_version"}
+)
+# the temporary folders of versions before CACHE_KEY_VERSION 2 (no pid in the name): removed when a day old
+_LEGACY_TEMP_FOLDER = re.compile(r"^\.[0-9a-f]{24}-(?:stale-)?[a-z0-9_]{8}$")
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
+def _config_for_key(config) -> dict:
+    fields = {
+        k: v for k, v in config.to_dict().items() if k not in _CONFIG_FIELDS_IGNORED and "dropout" not in k and not k.endswith("_pdrop")
+    }
+    fields["_attn_implementation"] = getattr(config, "_attn_implementation", None)  # eager, sdpa, flash: other numerics
+    return fields
+
+
+def _stable_repr(value) -> str:
+    return f"{type(value).__qualname__}:{_ADDRESS.sub('', repr(value))}"
+
+
+def _tensor_bytes(tensor: torch.Tensor) -> np.ndarray:
+    return tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy()
+
+
+def _describe(value, depth: int = 0) -> str:
+    """A description of a hook, or of what it closes over, that is the same in every process (no
+    memory addresses): what it is, and the values it was made with."""
+    if depth > 4:
+        return type(value).__qualname__
+    if isinstance(value, torch.Tensor):
+        return f"tensor:{value.dtype}:{tuple(value.shape)}:{hashlib.sha256(_tensor_bytes(value)).hexdigest()}"
+    if isinstance(value, nn.Module):
+        return f"module:{type(value).__module__}.{type(value).__qualname__}({value.extra_repr()})"
+    if isinstance(value, (bool, int, float, str, bytes, type(None))):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return f"{type(value).__name__}[{','.join(_describe(v, depth + 1) for v in value)}]"
+    if isinstance(value, dict):
+        return f"dict[{','.join(f'{k!r}={_describe(v, depth + 1)}' for k, v in sorted(value.items(), key=lambda kv: repr(kv[0])))}]"
+    if isinstance(value, functools.partial):
+        return f"partial[{_describe(value.func, depth + 1)},{_describe(value.args, depth + 1)},{_describe(value.keywords, depth + 1)}]"
+    if inspect.ismethod(value):
+        return f"method:{_describe(value.__func__, depth + 1)}@{type(value.__self__).__qualname__}"
+    if inspect.isfunction(value):
+        cells = []
+        for cell in value.__closure__ or ():
+            try:
+                cells.append(_describe(cell.cell_contents, depth + 1))
+            except ValueError:  # an empty cell
+                cells.append("<empty>")
+        return f"function:{value.__module__}.{value.__qualname__}[{','.join(cells)}]"
+    return _stable_repr(value)
+
+
+def _frozen_bottom_modules(model: nn.Module, start: int):
+    """(name, module) of the backbone that can act on the states entering layer `start`: everything
+    but the layers from `start` up and the pooler (it reads only the last layer's output)."""
     backbone = backbone_of(model)
-    for name, tensor in sorted(backbone.state_dict().items()):
-        if name.startswith(layers_path + "."):
-            if int(name[len(layers_path) + 1 :].split(".", 1)[0]) >= start:
-                continue
-        h.update(name.encode())
-        h.update(tensor.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
-    embeddings = get_module(backbone, arch_for(model).embeddings)
-    for hook in embeddings._forward_pre_hooks.values():  # e.g. prefix position shifts
-        h.update(repr(getattr(hook, "__qualname__", hook)).encode())
-        for cell in getattr(hook, "__closure__", None) or ():
-            h.update(repr(cell.cell_contents).encode())
-    for column in ("input_ids", "attention_mask", "token_type_ids"):
+    layers_path = arch_for(model).layers
+    pooler = "pooler" if isinstance(getattr(backbone, "pooler", None), nn.Module) else None
+    for name, module in backbone.named_modules():
+        if pooler is not None and (name == pooler or name.startswith(pooler + ".")):
+            continue
+        if name.startswith(layers_path + ".") and int(name[len(layers_path) + 1 :].split(".", 1)[0]) >= start:
+            continue
+        yield name, module
+
+
+def _padding_description(collator, batch_size: int | None) -> dict:
+    """How batches are padded. Right padding never reaches real tokens; left padding moves absolute
+    positions (BERT), so then the batching changes the states too."""
+    seen, tokenizer = collator, None
+    for _ in range(4):  # through wrappers (ExtraInputsCollator.collator, CachedCollator.base)
+        tokenizer = getattr(seen, "tokenizer", None)
+        inner = getattr(seen, "collator", None) or getattr(seen, "base", None)
+        if tokenizer is not None or inner is None:
+            break
+        seen = inner
+    side = getattr(tokenizer, "padding_side", None)
+    out = {"padding_side": side, "pad_to_multiple_of": getattr(seen, "pad_to_multiple_of", None)}
+    if side == "left":
+        out["batch_size"] = batch_size
+    return out
+
+
+def fingerprint(model: nn.Module, start: int, dataset, dtype: str, collator=None, batch_size: int | None = None) -> str:
+    """Identifies a cache by everything that changes the states entering layer `start`:
+    - the model: its config (`to_dict()` less `_CONFIG_FIELDS_IGNORED` and dropout rates) and the
+      attention implementation; every parameter and buffer (name, type, shape, bytes), module type and
+      setting (`extra_repr`: a LayerNorm's eps even if set on the module alone) and forward hook of the
+      model's top and of the backbone below `start` (embeddings, shared modules such as MPNet's relative
+      bias; not the pooler, not the layers from `start` up, which training changes);
+    - the start layer, the storage type, the model inputs (every row of MODEL_INPUT_COLUMNS) and how
+      they are padded;
+    - what computes them: the torch and transformers versions and the device type (kernels differ).
+    The frozen layers always run in eval mode (no dropout). Any change gives another key."""
+    h = hashlib.sha256()
+    param = next(model.parameters())
+    header = {
+        "key_version": CACHE_KEY_VERSION,
+        "format_version": CACHE_FORMAT_VERSION,
+        "start": start,
+        "dtype": dtype,
+        "config": _config_for_key(model.config),
+        "padding": _padding_description(collator, batch_size),
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
+        "device": param.device.type,
+        "frozen_mode": "eval",
+    }
+    try:
+        h.update(json.dumps(header, sort_keys=True, default=_stable_repr).encode())
+    except TypeError:  # a config dict whose keys do not sort (mixed types)
+        h.update(_describe(header).encode())
+    for hook in [*model._forward_pre_hooks.values(), *model._forward_hooks.values()]:
+        h.update(f"model-hook:{_describe(hook)}\n".encode())
+    for name, module in _frozen_bottom_modules(model, start):
+        setting = "" if isinstance(module, nn.Dropout) else module.extra_repr()  # eval mode: dropout is the identity
+        h.update(f"module:{name}:{type(module).__module__}.{type(module).__qualname__}({setting})\n".encode())
+        for hook in [*module._forward_pre_hooks.values(), *module._forward_hooks.values()]:  # e.g. prefix position shifts
+            h.update(f"hook:{_describe(hook)}\n".encode())
+        for kind, tensors in (("param", module.named_parameters(recurse=False)), ("buffer", module.named_buffers(recurse=False))):
+            for tname, tensor in tensors:
+                h.update(f"{kind}:{name}.{tname}:{tensor.dtype}:{tuple(tensor.shape)}\n".encode())
+                h.update(_tensor_bytes(tensor))
+    for column in MODEL_INPUT_COLUMNS:
         if column in dataset.column_names:
-            for row in dataset[column]:
-                h.update(np.asarray(row, dtype=np.int64).tobytes())
-                h.update(b"|")
+            rows = dataset[column]
+            h.update(f"column:{column}:{len(rows)}\n".encode())
+            for row in rows:
+                values = np.asarray(row, dtype=np.int64)
+                h.update(values.size.to_bytes(8, "little"))
+                h.update(values.tobytes())
     return h.hexdigest()[:24]
 
 
 def _iter_batches(dataset, collator, batch_size: int):
     lengths = np.array([len(x) for x in dataset["input_ids"]])
     order = np.argsort(-lengths, kind="stable")  # similar lengths together: little padding
-    model_columns = [c for c in ("input_ids", "attention_mask", "token_type_ids") if c in dataset.column_names]
+    model_columns = [c for c in MODEL_INPUT_COLUMNS if c in dataset.column_names]
     for lo in range(0, len(order), batch_size):
         idx = order[lo : lo + batch_size].tolist()
         rows = dataset.select(idx)
@@ -250,12 +369,15 @@ def build_cache(
     name: str = "data",
 ) -> HiddenStateCache:
     """States entering layer `start` for every example of `dataset` (a tokenised datasets.Dataset).
-    With `cache_dir`, reuse a complete cache of the same fingerprint or write one atomically."""
+    With `cache_dir`, reuse a complete cache of the same fingerprint or write one atomically; first
+    remove the temporary folders that killed runs left there (never one a live run is writing)."""
     if dtype not in CACHE_DTYPES:
         raise PetlError(f"--cache_dtype {dtype!r} is not one of {', '.join(CACHE_DTYPES)}")
     key = None
     if cache_dir is not None:
-        key = fingerprint(model, start, dataset, dtype)
+        for stale in remove_stale_temps(cache_dir, legacy=_LEGACY_TEMP_FOLDER):
+            logger.info("cache: removed %s, left by an interrupted run", stale)
+        key = fingerprint(model, start, dataset, dtype, collator, batch_size)
         found = _read_cache(Path(cache_dir) / key, start, dtype)
         if found is not None:
             logger.info("cache %s: reused %s (%d examples, %.1f MB)", name, Path(cache_dir) / key, len(found), found.nbytes / 1e6)
@@ -289,31 +411,26 @@ def _lengths_source(dataset):
 
 
 def _write_cache(folder: Path, cache: HiddenStateCache) -> None:
-    """Write into a private temporary folder and rename it into place; a folder without the
-    `complete` marker (an interrupted write) is never read back."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    """Write into a private temporary folder and rename it into place (`publish_folder`): a folder
+    without the `complete` marker is never read back. A failed write (full disk, Ctrl-C) removes the
+    temporary folder; one left by a killed run goes at the next start (`remove_stale_temps`)."""
     try:
-        raw = cache.states.contiguous()
-        if cache.dtype != "float32":
-            raw = raw.view(torch.int16)
-        raw.numpy().tofile(tmp / "states.bin")
-        np.save(tmp / "offsets.npy", cache.offsets)
-        meta = {"format_version": CACHE_FORMAT_VERSION, "start": cache.start, "dtype": cache.dtype, "shape": list(cache.states.shape)}
-        (tmp / "meta.json").write_text(json.dumps(meta))
-        (tmp / "complete").write_text("ok\n")
-        if folder.exists() and not (folder / "complete").exists():  # left by an interrupted writer
-            stale = Path(tempfile.mkdtemp(prefix=f".{folder.name}-stale-", dir=folder.parent))
-            os.rename(folder, stale / "old")
-            shutil.rmtree(stale, ignore_errors=True)
-        try:
-            os.rename(tmp, folder)
-        except OSError:  # another run finished the same cache first
-            if not (folder / "complete").exists():
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        with temporary_path(folder, folder=True) as tmp:
+            raw = cache.states.contiguous()
+            if cache.dtype != "float32":
+                raw = raw.view(torch.int16)
+            raw.numpy().tofile(tmp / "states.bin")
+            np.save(tmp / "offsets.npy", cache.offsets)
+            meta = {"format_version": CACHE_FORMAT_VERSION, "start": cache.start, "dtype": cache.dtype, "shape": list(cache.states.shape)}
+            (tmp / "meta.json").write_text(json.dumps(meta))
+            (tmp / "complete").write_text("ok\n")
+            publish_folder(tmp, folder, "complete")
+    except OSError as err:
+        raise PetlError(
+            f"--cache_dir {str(folder.parent)!r}: the cache could not be written ({err.strerror or err}); "
+            "free space there, or give another --cache_dir or none (caches in memory)"
+        ) from None
 
 
 def _read_cache(folder: Path, start: int, dtype: str) -> HiddenStateCache | None:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections import OrderedDict
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -19,6 +19,7 @@ from petl.arch import arch_for
 from petl.errors import PetlError
 from petl.models import head_module_names
 from petl.registry import METHODS, MethodConfig, config_from_dict, get_method, make_config
+from petl.results import write_atomic
 
 PETL_CONFIG_FILE = "petl_config.json"
 PETL_WEIGHTS_FILE = "petl_weights.safetensors"
@@ -225,26 +226,65 @@ def save_petl(
         "model_type": model.config.model_type,
         **(extra or {}),
     }
-    # write to temporary names, then rename: a crash never leaves a half-written delta
-    for fname, writer in (
-        (PETL_WEIGHTS_FILE, lambda p: save_file(state if state is not None else petl_state_dict(model), p)),
-        (PETL_CONFIG_FILE, lambda p: Path(p).write_text(json.dumps(config, indent=2))),
-    ):
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{fname}.")
-        os.close(fd)
-        writer(tmp)
-        os.replace(tmp, directory / fname)
+    # each file through a temporary name renamed into place: a crash never leaves a half-written delta,
+    # a failed write (full disk, Ctrl-C) leaves no temporary file, and one left by a killed run is removed
+    tensors = state if state is not None else petl_state_dict(model)
+    write_atomic(directory / PETL_WEIGHTS_FILE, lambda tmp: save_file(tensors, str(tmp)))
+    write_atomic(directory / PETL_CONFIG_FILE, lambda tmp: tmp.write_text(json.dumps(config, indent=2)))
     return directory
 
 
+# the keys of petl_config.json besides "methods", and their types (all optional: older deltas lack some)
+PETL_CONFIG_KEYS: dict[str, Any] = {
+    "format_version": int,
+    "num_labels": int | None,
+    "num_hidden_layers": int | None,
+    "model_type": str | None,
+    "model_name_or_path": str | None,
+    "pooler_type": str | None,
+    "pair_template": str | None,
+}
+
+
 def read_petl_config(directory: str | os.PathLike) -> dict[str, Any]:
+    """A saved delta's config, checked before any model is loaded: valid JSON, known keys of the
+    right types, methods that build; and its weights file present with a complete header (a
+    truncated file is refused here, not halfway through loading)."""
+    from safetensors import safe_open
+
+    from petl.typecheck import conforms, shown, type_name
+
     path = Path(directory) / PETL_CONFIG_FILE
     if not path.is_file():
         raise PetlError(f"--load_petl {str(directory)!r} has no {PETL_CONFIG_FILE}")
     try:
-        return json.loads(path.read_text())
+        config = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise PetlError(f"{str(path)!r} is not valid JSON: {err}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise PetlError(f"{str(path)!r} cannot be read: {err}") from None
+    where = repr(str(path))
+    if not isinstance(config, dict):
+        raise PetlError(f"{where}: expected a JSON object, got {shown(config)}")
+    methods = config.get("methods")
+    if not isinstance(methods, list) or not methods:
+        raise PetlError(f"{where}: \"methods\" is {shown(methods)}; expected a non-empty list of method configs")
+    for key, tp in PETL_CONFIG_KEYS.items():
+        if key in config and not conforms(config[key], tp):
+            raise PetlError(f"{where}: {key!r} is {shown(config[key])}; expected {type_name(tp)}")
+    if config.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
+        raise PetlError(f"{where}: format_version {config['format_version']} is newer than this code reads ({FORMAT_VERSION})")
+    for i, method in enumerate(methods):
+        config_from_dict(method, where=f"{where}, methods[{i}]")
+    weights_path = Path(directory) / PETL_WEIGHTS_FILE
+    if not weights_path.is_file():
+        raise PetlError(f"--load_petl {str(directory)!r} has no {PETL_WEIGHTS_FILE}")
+    try:
+        with safe_open(str(weights_path), "pt"):
+            pass
+    except (SafetensorError, OSError) as err:
+        raise PetlError(f"{str(weights_path)!r} is damaged or incomplete (a truncated copy?): {err}") from None
+    return config
 
 
 def load_petl(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
@@ -260,9 +300,10 @@ def load_petl(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
     elif [c.to_dict() for c in model.petl_methods] != [config_from_dict(m).to_dict() for m in config["methods"]]:
         raise PetlError("the model carries other PETL methods than the saved delta")
     weights_path = Path(directory) / PETL_WEIGHTS_FILE
-    if not weights_path.is_file():
-        raise PetlError(f"--load_petl {str(directory)!r} has no {PETL_WEIGHTS_FILE}")
-    tensors = load_file(str(weights_path))
+    try:
+        tensors = load_file(str(weights_path))
+    except (SafetensorError, OSError) as err:
+        raise PetlError(f"{str(weights_path)!r} is damaged or incomplete (a truncated copy?): {err}") from None
     params = dict(model.named_parameters())
     missing = [n for n in _owner(model) if n not in tensors]
     if missing:

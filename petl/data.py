@@ -12,7 +12,9 @@ import csv
 import hashlib
 import json
 import logging
+import math
 import random
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,22 +64,142 @@ class LabelSpace:
 
 
 # ---------------------------------------------------------------------------------------------
+# Labels: every label is checked when a file is read, before anything heavy (the model) loads
+
+SOURCE_FLAGS = {"train": "--train_file", "validation": "--validation_file", "test": "--test_file"}
+ABSENT = object()  # a JSON record without the label key
+LABEL_RULE = "numbers only (whole numbers: classes; any decimal: regression) or class names only"
+
+
+def _shown(value) -> str:
+    """A label as its file spells it: CSV/TSV cells quoted, JSON values as JSON (null, NaN, Infinity)."""
+    if value is ABSENT:
+        return "(no key)"
+    return repr(value) if isinstance(value, str) else json.dumps(value)
+
+
+def _label_text(value, where: str) -> str | None:
+    """The label as text; None when it is missing (no key, JSON null, an empty cell)."""
+    if value is None or value is ABSENT:
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return value.strip() or None
+    raise PetlError(f"{where}: label {_shown(value)} is not a single value; allowed: a number or a class name")
+
+
+def _number(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def _whole(text: str) -> str | None:
+    """'2', '2.0', '2e0' -> '2'; None for anything that is not a finite whole number."""
+    try:
+        return str(int(text))
+    except ValueError:
+        number = _number(text)
+        return str(int(number)) if number is not None and math.isfinite(number) and number.is_integer() else None
+
+
+def _allowed(labels: LabelSpace) -> str:
+    return "finite numbers (regression)" if labels.is_regression else ", ".join(labels.names)
+
+
+def _parse_label(value, labels: LabelSpace, where: str) -> int | float:
+    """A class index, or a finite float for regression; anything else is refused naming `where`."""
+    text = _label_text(value, where)
+    if text is None:
+        raise PetlError(f"{where}: label {_shown(value)} is missing; allowed: {_allowed(labels)}")
+    if labels.is_regression:
+        number = _number(text)
+        if number is None or not math.isfinite(number):
+            problem = "is not a number" if number is None else "is not a finite number"
+            raise PetlError(f"{where}: label {_shown(value)} {problem}; allowed: {_allowed(labels)}")
+        return number
+    if text not in labels.names and all(_whole(name) == name for name in labels.names):
+        text = _whole(text) or text  # 1, 1.0 and "1" are class "1" (whole-number classes only: 1.5 is not 1)
+    if text not in labels.names:
+        raise PetlError(f"{where}: label {_shown(value)} is not in the label set; allowed: {_allowed(labels)}")
+    return labels.names.index(text)
+
+
+def _parse_labels(values: list[tuple[str, object]], labels: LabelSpace, optional: bool = False) -> list | None:
+    """`values`: (where, raw label) pairs. `optional` (test files): when every label is missing the
+    split is unlabeled (None); labels that are there are checked all the same."""
+    if optional and all(_label_text(value, where) is None for where, value in values):
+        return None
+    return [_parse_label(value, labels, where) for where, value in values]
+
+
+def _infer_labels(values: list[tuple[str, object]], source: str) -> LabelSpace:
+    """The label space of custom data without a task, decided by the training file's labels:
+    all numbers -> classes if every one is a whole number (sorted by value), else regression;
+    all text -> classes (sorted). Never guessed from a corrupt column: a missing, NaN or infinite
+    label, numbers mixed with text (the first label of the smaller kind is named), or a single
+    class is an error."""
+    texts = []
+    for where, value in values:
+        text = _label_text(value, where)
+        if text is None:
+            raise PetlError(f"{where}: label {_shown(value)} is missing; allowed: a number or a class name in every row")
+        texts.append((where, value, text))
+    numeric = [t for t in texts if _number(t[2]) is not None]
+    if 0 < len(numeric) < len(texts):
+        named = [t for t in texts if _number(t[2]) is None] if 2 * len(numeric) >= len(texts) else numeric
+        where, value, _ = named[0]
+        kind, other = ("is not a number", "are numbers") if named is not numeric else ("is a number", "are not")
+        majority = f"{len(texts) - len(named)} of {len(texts)} labels {other}"
+        raise PetlError(f"{where}: label {_shown(value)} {kind}, but {majority}; allowed: {LABEL_RULE}")
+    if numeric:
+        for where, value, text in numeric:
+            if not math.isfinite(float(text)):
+                raise PetlError(f"{where}: label {_shown(value)} is not a finite number; allowed: {LABEL_RULE}")
+        wholes = [_whole(text) for _, _, text in texts]
+        if None in wholes:
+            return LabelSpace(None)
+        names = sorted(set(wholes), key=int)
+    else:
+        names = sorted({text for _, _, text in texts})
+    if len(names) < 2:
+        raise PetlError(
+            f"{source}: every label is {names[0]!r}; allowed: at least two classes "
+            "(for regression a label with decimals, or --task_name stsb)"
+        )
+    return LabelSpace(names)
+
+
+def _shape_error(source: str, line: int, fields: list[str], columns: list[str], header: bool) -> PetlError:
+    expected = f"the header's {len(columns)}" if header else f"the {len(columns)} expected"
+    if len(fields) < len(columns):
+        missing = ", ".join(repr(c) for c in columns[len(fields) :])
+        return PetlError(f"{source} line {line} is cut short: it has {len(fields)} of {expected} fields; missing: {missing}")
+    return PetlError(f"{source} line {line} has {len(fields)} fields, more than {expected} ({', '.join(columns)}); a stray delimiter?")
+
+
+# ---------------------------------------------------------------------------------------------
 # Readers
 
 
-def _read_tsv(path: Path, header: bool, names: tuple[str, ...] = ()) -> tuple[list[str], list[list[str]]]:
+def _read_tsv(path: Path, header: bool, names: tuple[str, ...] = ()) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """The header and the (line number, fields) of each row; blank lines are skipped."""
     if not path.is_file():
         raise PetlError(f"data file {str(path)!r} does not exist")
     try:
         # utf-8-sig strips the byte-order mark in MRPC's header; QUOTE_NONE because GLUE text contains quotes
         with open(path, encoding="utf-8-sig", newline="") as fh:
-            rows = list(csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE))
+            rows = _csv_rows(fh, "\t", csv.QUOTE_NONE)
     except (OSError, UnicodeDecodeError) as err:
         raise PetlError(f"data file {str(path)!r} cannot be read: {err}") from None
     if header:
         if not rows:
             raise PetlError(f"data file {str(path)!r} is empty")
-        return rows[0], rows[1:]
+        return rows[0][1], rows[1:]
     return list(names), rows
 
 
@@ -87,40 +209,34 @@ def _column(header: list[str], name: str, path: Path) -> int:
     return header.index(name)
 
 
-def _to_label(value: str, labels: LabelSpace, where: str):
-    value = value.strip()
-    if labels.is_regression:
-        try:
-            return float(value)
-        except ValueError:
-            raise PetlError(f"label {value!r} in {where} is not a number (regression task)") from None
-    if value not in labels.names:
-        raise PetlError(f"label {value!r} in {where} is not in the task's label set {labels.names}")
-    return labels.names.index(value)
-
-
 def read_glue_split(glue_dir: Path, task: GlueTask, split: str) -> TextSplit:
-    """Read one split of a GLUE task from the classic TSV layout."""
+    """Read one split of a GLUE task from the classic TSV layout. Rows of the wrong length and bad
+    labels are refused by line; test splits carry no labels (checked, then dropped, if a file has them)."""
     path = glue_dir / task.folder / f"{split}.tsv"
+    source = f"--glue_dir file {str(path)!r}"
     is_test = split.startswith("test")
     header_present = split not in task.headerless
     header, rows = _read_tsv(path, header_present, task.headerless_columns)
     text_cols = (task.test_text_columns or task.text_columns) if is_test else task.text_columns
     idx_text = [_column(header, c, path) for c in text_cols]
-    idx_label = None if is_test else _column(header, task.label_column, path)
+    if is_test:
+        idx_label = header.index(task.label_column) if task.label_column in header else None
+    else:
+        idx_label = _column(header, task.label_column, path)
     idx_id = header.index("index") if "index" in header else (header.index("id") if "id" in header else None)
     labels = LabelSpace(None if task.labels is None else list(task.labels))
-    text_a, text_b, ys, ids = [], [] if len(idx_text) > 1 else None, [] if idx_label is not None else None, []
-    for row_num, row in enumerate(rows, start=2 if header_present else 1):
-        if len(row) < len(header):
-            raise PetlError(f"{str(path)!r} line {row_num} has {len(row)} columns, expected {len(header)}")
+    text_a, text_b, label_values, ids = [], [] if len(idx_text) > 1 else None, [], []
+    for line, row in rows:
+        if len(row) != len(header):
+            raise _shape_error(source, line, row, header, header_present)
         text_a.append(row[idx_text[0]])
         if text_b is not None:
             text_b.append(row[idx_text[1]])
-        if ys is not None:
-            ys.append(_to_label(row[idx_label], labels, f"{path}:{row_num}"))
+        if idx_label is not None:
+            label_values.append((f"{source} line {line}", row[idx_label]))
         ids.append(row[idx_id] if idx_id is not None else str(len(ids)))
-    return TextSplit(text_a, text_b, ys, ids)
+    ys = _parse_labels(label_values, labels, optional=is_test) if idx_label is not None else None
+    return TextSplit(text_a, text_b, None if is_test else ys, ids)
 
 
 def load_glue_dir(glue_dir: str | Path, task: GlueTask, need_test: bool) -> dict[str, TextSplit]:
@@ -161,79 +277,133 @@ def load_glue_hub(task: GlueTask, need_test: bool) -> dict[str, TextSplit]:
     return out
 
 
-def _read_table(path: str) -> list[dict]:
+@dataclass
+class _Record:
+    line: int  # where the record starts in its file, 1-based
+    values: dict
+
+
+def _json_array(text: str) -> list[tuple[int, object]]:
+    """The items of a top-level JSON array with the line each starts on."""
+    decoder, space = json.JSONDecoder(), re.compile(r"\s*")
+    pos = space.match(text, space.match(text).end() + 1).end()  # past '['
+    items, line, counted = [], 1, 0
+    if text.startswith("]", pos):
+        pos += 1
+    else:
+        while True:
+            line, counted = line + text.count("\n", counted, pos), pos
+            value, pos = decoder.raw_decode(text, pos)
+            items.append((line, value))
+            pos = space.match(text, pos).end()
+            if text.startswith(",", pos):
+                pos = space.match(text, pos + 1).end()
+            elif text.startswith("]", pos):
+                pos += 1
+                break
+            else:
+                raise json.JSONDecodeError("Expecting ',' delimiter", text, pos)
+    if text[pos:].strip():
+        raise json.JSONDecodeError("Extra data", text, pos)
+    return items
+
+
+def _json_line(row: str, line: int, source: str):
+    try:
+        return json.loads(row)
+    except json.JSONDecodeError as err:
+        raise PetlError(f"{source} line {line} is not JSON: {err.msg} (column {err.colno})") from None
+
+
+def _csv_rows(fh, delimiter: str, quoting: int) -> list[tuple[int, list[str]]]:
+    """(line the row starts on, fields) for each non-blank row; quoted fields may span lines."""
+    reader = csv.reader(fh, delimiter=delimiter, quoting=quoting)
+    rows, start = [], 1
+    for fields in reader:
+        if fields:
+            rows.append((start, fields))
+        start = reader.line_num + 1
+    return rows
+
+
+def _read_table(path: str, source: str) -> list[_Record]:
+    """The records of a csv/tsv/json/jsonl file, each with its line; CSV/TSV rows must match the header."""
     p = Path(path)
     if not p.is_file():
         raise PetlError(f"data file {path!r} does not exist")
     suffix = p.suffix.lower()
     try:
         if suffix in (".json", ".jsonl"):
-            text = p.read_text(encoding="utf-8")
+            text = p.read_text(encoding="utf-8-sig")
             if text.lstrip().startswith("["):
-                return json.loads(text)
-            return [json.loads(line) for line in text.splitlines() if line.strip()]
+                items = _json_array(text)
+            else:  # JSON lines; split on newlines only (a JSON string may hold U+2028, which splitlines() breaks on)
+                items = [(n, _json_line(row, n, source)) for n, row in enumerate(text.split("\n"), start=1) if row.strip()]
+            for line, value in items:
+                if not isinstance(value, dict):
+                    raise PetlError(f"{source} line {line}: a record is {_shown(value)[:60]}; allowed: a JSON object of columns")
+            return [_Record(line, value) for line, value in items]
         if suffix in (".csv", ".tsv"):
             with open(p, encoding="utf-8-sig", newline="") as fh:
-                delim = "\t" if suffix == ".tsv" else ","
-                quoting = csv.QUOTE_NONE if suffix == ".tsv" else csv.QUOTE_MINIMAL
-                return list(csv.DictReader(fh, delimiter=delim, quoting=quoting))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+                delimiter = "\t" if suffix == ".tsv" else ","
+                rows = _csv_rows(fh, delimiter, csv.QUOTE_NONE if suffix == ".tsv" else csv.QUOTE_MINIMAL)
+            if not rows:
+                return []
+            header = rows[0][1]
+            for line, fields in rows[1:]:
+                if len(fields) != len(header):
+                    raise _shape_error(source, line, fields, header, header=True)
+            return [_Record(line, dict(zip(header, fields, strict=True))) for line, fields in rows[1:]]
+    except json.JSONDecodeError as err:
+        raise PetlError(f"{source} line {err.lineno} is not JSON: {err.msg} (column {err.colno})") from None
+    except (OSError, UnicodeDecodeError) as err:
         raise PetlError(f"data file {path!r} cannot be read: {err}") from None
     raise PetlError(f"data file {path!r} has extension {suffix!r}; allowed: .csv, .tsv, .json, .jsonl")
-
-
-def _infer_labels(values: list) -> LabelSpace:
-    """Floats with fractional parts mean regression; anything else is a class label (sorted)."""
-
-    def as_float(v):
-        try:
-            return float(v)
-        except (TypeError, ValueError):
-            return None
-
-    floats = [as_float(v) for v in values]
-    if all(f is not None for f in floats):
-        if any(f != int(f) for f in floats):
-            return LabelSpace(None)
-        return LabelSpace([str(int(v)) for v in sorted({int(f) for f in floats})])
-    return LabelSpace(sorted({str(v) for v in values}))
 
 
 def load_custom_files(
     files: dict[str, str], text_columns: list[str], label_column: str, labels: LabelSpace | None
 ) -> tuple[dict[str, TextSplit], LabelSpace]:
-    """Any sentence or sentence-pair classification/regression data in csv/tsv/json(l)."""
+    """Any sentence or sentence-pair classification/regression data in csv/tsv/json(l).
+
+    `labels` None (no task): the training file's labels decide the label space (`_infer_labels`).
+    Training and validation files need a label in every row; a test file may have none, and
+    labels it has are checked (then dropped: predictions never read them)."""
     if not 1 <= len(text_columns) <= 2:
         raise PetlError(f"--text_columns {','.join(text_columns)!r} must name one or two columns")
-    tables = {split: _read_table(path) for split, path in files.items() if path}
-    if "train" in tables and labels is None:
-        if label_column not in (tables["train"][0] if tables["train"] else {}):
-            raise PetlError(f"--label_column {label_column!r} missing in {files['train']!r}")
-        labels = _infer_labels([r[label_column] for r in tables["train"]])
-    out = {}
-    for split, rows in tables.items():
-        if not rows:
-            raise PetlError(f"data file {files[split]!r} has no rows")
+    sources = {split: f"{SOURCE_FLAGS.get(split, split)} {path!r}" for split, path in files.items() if path}
+    tables = {split: _read_table(files[split], source) for split, source in sources.items()}
+    for split, records in tables.items():
+        if not records:
+            raise PetlError(f"{sources[split]} has no data rows")
         for col in text_columns:
-            if col not in rows[0]:
-                raise PetlError(f"column {col!r} missing in {files[split]!r}; columns: {', '.join(rows[0])}")
-        has_label = label_column in rows[0] and split != "test"
-        norm = (
-            (lambda v: str(int(float(v))))
-            if labels is not None and labels.names and all(n.lstrip("-").isdigit() for n in labels.names)
-            else str
-        )
-        ys = None
-        if has_label:
-            ys = [
-                _to_label(norm(r[label_column]) if not labels.is_regression else str(r[label_column]), labels, f"{files[split]}:{i + 1}")
-                for i, r in enumerate(rows)
-            ]
+            if col not in records[0].values:
+                raise PetlError(f"column {col!r} missing in {files[split]!r}; columns: {', '.join(records[0].values)}")
+            for record in records:
+                if record.values.get(col) is None:
+                    raise PetlError(f"{sources[split]} line {record.line}: text column {col!r} is missing")
+        if split != "test" and not any(label_column in record.values for record in records):
+            raise PetlError(
+                f"{sources[split]} has no label column {label_column!r}; columns: {', '.join(records[0].values)} (see --label_column)"
+            )
+
+    def label_values(split: str) -> list[tuple[str, object]]:
+        return [(f"{sources[split]} line {r.line}", r.values.get(label_column, ABSENT)) for r in tables[split]]
+
+    if labels is None:
+        if "train" not in tables:
+            raise PetlError("custom files without --task_name need --train_file: its labels decide the label set")
+        labels = _infer_labels(label_values("train"), sources["train"])
+        kind = "regression" if labels.is_regression else f"{labels.num_labels} classes: {', '.join(labels.names)}"
+        logger.info("labels of %s: %s (no --task_name: decided by the training labels)", sources["train"], kind)
+    out = {}
+    for split, records in tables.items():
+        ys = _parse_labels(label_values(split), labels, optional=split == "test")
         out[split] = TextSplit(
-            [str(r[text_columns[0]]) for r in rows],
-            [str(r[text_columns[1]]) for r in rows] if len(text_columns) > 1 else None,
-            ys,
-            [str(r.get("idx", r.get("index", i))) for i, r in enumerate(rows)],
+            [str(r.values[text_columns[0]]) for r in records],
+            [str(r.values[text_columns[1]]) for r in records] if len(text_columns) > 1 else None,
+            None if split == "test" else ys,
+            [str(r.values.get("idx", r.values.get("index", i))) for i, r in enumerate(records)],
         )
     return out, labels
 

@@ -8,12 +8,13 @@ left to whatever `from_pretrained` happened to do.
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import inspect
 import logging
 import os
+import re
 import shutil
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from transformers.utils import logging as hf_logging
 
 from petl.arch import is_decoder_type
 from petl.errors import PetlError
+from petl.results import legacy_temp_names, publish_folder, remove_stale_temps, temporary_path
 
 logger = logging.getLogger(__name__)
 
@@ -80,24 +82,26 @@ def _package_dir(name: str, alias: str) -> Path:
 def _build_once(alias: str, build) -> Path:
     """`cache_root()/alias`, built by `build(folder)` the first time: into a private temporary folder
     renamed into place, so an interrupted build never leaves a folder that looks complete, and
-    concurrent builds cannot interleave."""
-    target = cache_root() / alias
+    concurrent builds cannot interleave. A failed build (Ctrl-C included) removes its temporary
+    folder; one left by a killed build is removed on the next start (`remove_stale_temps`), and a
+    folder without its completion marker is rebuilt."""
+    root = cache_root()
+    target = root / alias
+    remove_stale_temps(root, legacy=legacy_temp_names(tuple(PACKAGED_MODELS), separator="-"))
     if (target / ".complete").exists():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{alias}-", dir=target.parent))
     try:
-        build(tmp)
-        (tmp / ".complete").write_text("ok\n")
-        logger.info("prepared %s in %s", alias, target)
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if not (target / ".complete").exists():
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        root.mkdir(parents=True, exist_ok=True)
+        with temporary_path(target, folder=True) as tmp:
+            build(tmp)
+            (tmp / ".complete").write_text("ok\n")
+            publish_folder(tmp, target, ".complete")
+    except OSError as err:
+        raise PetlError(
+            f"packaged model {alias!r} could not be prepared in {str(root)!r} ({err.strerror or err}); "
+            "free space there or point $PETL_CACHE at another folder"
+        ) from None
+    logger.info("prepared %s in %s", alias, target)
     return target
 
 
@@ -166,12 +170,34 @@ def resolve_model_path(name_or_path: str) -> str:
         if not (path / "config.json").exists():
             raise PetlError(f"--model_name_or_path {name_or_path!r} is a folder without config.json")
         return str(path)
-    if name_or_path.startswith((".", "/", "~")):
+    allowed = f"give a local folder, a hub id (owner/name), or a packaged alias: {', '.join(PACKAGED_MODELS)}"
+    alias = difflib.get_close_matches(name_or_path, PACKAGED_MODELS, n=1, cutoff=0.75)
+    if alias and "/" not in name_or_path:  # a typo of an alias, not a hub id: never a hub connection error
         raise PetlError(
-            f"--model_name_or_path {name_or_path!r} does not exist; give a local folder, a hub id, "
-            f"or a packaged alias: {', '.join(PACKAGED_MODELS)}"
+            f"--model_name_or_path {name_or_path!r} is no packaged alias (did you mean {alias[0]!r}?) and no local folder; {allowed}"
         )
+    if name_or_path.startswith((".", "/", "~")) or not HUB_ID.fullmatch(name_or_path) or "--" in name_or_path or ".." in name_or_path:
+        raise PetlError(f"--model_name_or_path {name_or_path!r} does not exist and is not a hub id; {allowed}")
+    _check_hub_model(name_or_path, allowed)
     return name_or_path
+
+
+# owner/name or a legacy name without owner, as the hub spells ids
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}(/[A-Za-z0-9][\w.-]{0,95})?")
+
+
+def _check_hub_model(repo_id: str, allowed: str) -> None:
+    """Fetch the hub model's config (from the local cache when there): an id that neither the hub
+    nor the cache has is one line here, not a connection traceback at model load."""
+    try:
+        AutoConfig.from_pretrained(repo_id)
+    except OSError as err:
+        reason = " ".join(str(err).split())
+        reason = reason if len(reason) <= 160 else reason[:157] + "..."
+        raise PetlError(
+            f"--model_name_or_path {repo_id!r} is no local folder or packaged alias, and could not be loaded "
+            f"from the hub or its local cache ({reason}); {allowed}"
+        ) from None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -75,10 +75,27 @@ def make_config(name: str, **values: Any) -> MethodConfig:
     return cfg
 
 
-def config_from_dict(data: dict[str, Any]) -> MethodConfig:
+def config_from_dict(data: dict[str, Any], where: str | None = None) -> MethodConfig:
+    """A method config from its dict (a saved delta's petl_config.json, the Python API): the method
+    name and each option's type are checked; `where` (e.g. the file) prefixes any error."""
+    from petl.typecheck import checked_value, field_types, shown
+
+    prefix = f"{where}: " if where else ""
+    if not isinstance(data, dict) or not isinstance(data.get("method"), str):
+        raise PetlError(f'{prefix}expected a method config (an object with a "method" name), got {shown(data)}')
     data = dict(data)
     name = data.pop("method")
-    entry = get_method(name)
-    for key in entry.preset:
-        data.pop(key, None)
-    return make_config(name, **data)
+    try:
+        entry = get_method(name)
+        for key in entry.preset:
+            data.pop(key, None)
+        types = field_types(entry.config_cls)
+        for key, value in data.items():
+            if key in types:
+                try:
+                    data[key] = checked_value(value, types[key])
+                except TypeError as err:
+                    raise PetlError(f"{name} option {key!r} is {shown(value)}; expected {err}") from None
+        return make_config(name, **data)
+    except PetlError as err:
+        raise PetlError(f"{prefix}{err}") from None

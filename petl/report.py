@@ -44,14 +44,24 @@ def load_records(path: str) -> list[dict]:
     found, bad = read_jsonl(file)
     for number in bad:
         print(f"warning: {path}:{number} is not JSON (an interrupted write?); skipped", file=sys.stderr)
-    records = [rec for rec in found if rec.get("status", "ok") == "ok"]
-    if not records:
+    if not any(rec.get("status", "ok") == "ok" for rec in found):
         raise PetlError(f"results file {path!r} holds no finished cells")
-    # a re-run cell (retried after failure, or repeated) counts once: the last record wins
-    latest = {}
-    for rec in records:
-        latest[rec.get("cell_id") or id(rec)] = rec
-    return list(latest.values())
+    # a re-run cell (retried after failure, or repeated) counts once: the last finished record wins,
+    # unless the cell's latest record (a failed run) was made with other arguments (petl.sweep's
+    # arguments_hash): then the finished one is stale and left out, never averaged with newer cells
+    latest_ok, latest = {}, {}
+    for rec in found:
+        key = rec.get("cell_id") or id(rec)
+        latest[key] = rec
+        if rec.get("status", "ok") == "ok":
+            latest_ok[key] = rec
+    current = [rec for key, rec in latest_ok.items() if rec.get("arguments_hash") == latest[key].get("arguments_hash")]
+    if len(current) < len(latest_ok):
+        print(f"warning: {path}: {len(latest_ok) - len(current)} cell(s) last failed with other arguments; older results left out",
+              file=sys.stderr)  # fmt: skip
+    if not current:
+        raise PetlError(f"results file {path!r} holds no finished cells with their latest arguments")
+    return current
 
 
 def score(rec: dict, reported: dict | None = None) -> float | None:
@@ -60,11 +70,16 @@ def score(rec: dict, reported: dict | None = None) -> float | None:
     metric = rec.get("selection_metric", "accuracy")
     for name in ("test", "validation"):
         if name in reported and metric in reported[name]:
-            return 100.0 * float(reported[name][metric])
+            return _percent(reported[name][metric])
     for values in reported.values():
         if metric in values:
-            return 100.0 * float(values[metric])
+            return _percent(values[metric])
     return None
+
+
+def _percent(value: float | None) -> float:
+    """A metric in percent; null (recorded for an undefined or non-finite value) is NaN, as such values were before."""
+    return math.nan if value is None else 100.0 * float(value)
 
 
 def baseline_score(rec: dict) -> float | None:

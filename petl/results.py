@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import importlib.metadata
 import json
 import os
 import platform
+import re
 import resource
+import secrets
+import shutil
+import socket
+import stat
 import subprocess
-import tempfile
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -61,14 +70,167 @@ def peak_memory() -> dict[str, float]:
     return out
 
 
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write to a temporary file beside `path`, then rename: readers never see half a file."""
+# ---------------------------------------------------------------------------------------------
+# Atomic writes: one way to write a file or build a folder, and to clear what a dead writer left
+
+STALE_TEMP_SECONDS = 24 * 3600  # a temporary whose writer cannot be checked (other host, pid in use) is removed after this
+_TEMP_NAME = re.compile(r"^\.(?P<stem>.+)\.tmp-(?P<host>[0-9a-f]{8})-(?P<pid>[0-9]+)-[0-9a-f]{8}$")
+_MKSTEMP_SUFFIX = "[a-z0-9_]{8}"  # the random part of tempfile's names (the pre-pid temporaries of older versions)
+
+
+def _host_tag() -> str:
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def temp_name(final: str | os.PathLike) -> Path:
+    """`.NAME.tmp-HOST-PID-RANDOM` beside `final`: hidden, and it tells a later sweep which machine and
+    process wrote it (see `remove_stale_temps`)."""
+    final = Path(final)
+    return final.with_name(f".{final.name}.tmp-{_host_tag()}-{os.getpid()}-{secrets.token_hex(4)}")
+
+
+def _try_lock(fd: int) -> bool:
+    """Exclusive, non-blocking flock; False when another open file holds it (a live writer)."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    return True
+
+
+def _remove_path(path: Path) -> None:
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(mode):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):  # best effort: never hide the error being handled
+            path.unlink()
+
+
+@contextlib.contextmanager
+def temporary_path(final: str | os.PathLike, folder: bool = False) -> Iterator[Path]:
+    """A private temporary file (created empty) or folder beside `final`, flock-ed for as long as this
+    process holds it, so that no sweep removes it while it is written. Whatever is still at the
+    temporary name on the way out (any exception, KeyboardInterrupt included) is removed; rename it
+    into place to keep it."""
+    tmp = temp_name(final)
+    if folder:
+        tmp.mkdir()
+        try:
+            fd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY)
+        except BaseException:
+            tmp.rmdir()
+            raise
+    else:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        _try_lock(fd)
+        yield tmp
+    finally:
+        try:
+            _remove_path(tmp)
+        finally:
+            os.close(fd)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: existence check only
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: another user's live process
+        return True
+    return True
+
+
+def _is_stale(path: Path, match: re.Match | None, now: float) -> bool:
+    """Called with the entry's lock held: a temporary of this machine whose process is gone is stale
+    at once; one that cannot be checked (another machine, a pid in use again) after STALE_TEMP_SECONDS."""
+    if match is not None and match["host"] == _host_tag() and not _pid_alive(int(match["pid"])):
+        return True
+    try:
+        return now - os.lstat(path).st_mtime > STALE_TEMP_SECONDS
+    except FileNotFoundError:
+        return False
+
+
+def remove_stale_temps(folder: str | os.PathLike, stem: str | None = None, legacy: re.Pattern | None = None) -> list[Path]:
+    """Remove the temporaries in `folder` (named by `temp_name`, of `final` name `stem` if given) left
+    by writers that died (kill -9, power loss); never one that a live process still holds (its flock),
+    so workers may share a folder. `legacy` matches the names older versions used (no pid): those go
+    after STALE_TEMP_SECONDS. Returns what was removed."""
+    try:
+        entries = list(os.scandir(folder))
+    except (FileNotFoundError, NotADirectoryError, PermissionError):
+        return []
+    removed, now = [], time.time()
+    for entry in entries:
+        match = _TEMP_NAME.match(entry.name)
+        if match is None and not (legacy is not None and legacy.match(entry.name)):
+            continue
+        if match is not None and stem is not None and match["stem"] != stem:
+            continue
+        path = Path(entry.path)
+        try:
+            if entry.is_symlink():
+                continue
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        try:
+            if _try_lock(fd) and _is_stale(path, match, now):
+                _remove_path(path)
+                removed.append(path)
+        finally:
+            os.close(fd)
+    return removed
+
+
+def legacy_temp_names(stems: list[str] | tuple[str, ...], separator: str = ".") -> re.Pattern:
+    """Names tempfile gave temporaries beside `stems` before they carried a pid (`.STEM.abcd1234`)."""
+    alternatives = "|".join(re.escape(s) for s in stems)
+    return re.compile(rf"^\.(?:{alternatives}){re.escape(separator)}(?:stale-)?{_MKSTEMP_SUFFIX}$")
+
+
+def write_atomic(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
+    """The one way files are written here: `write(tmp)` fills a temporary file beside `path`, which is
+    flushed to disk and renamed over `path`, so readers see the old file or the new one, never a part.
+    A failure (full disk, Ctrl-C) removes the temporary file; one left by a killed process is removed
+    by the next write of the same file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+    remove_stale_temps(path.parent, stem=path.name, legacy=legacy_temp_names([path.name]))
+    with temporary_path(path) as tmp:
+        write(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    return path
+
+
+def publish_folder(tmp: Path, target: Path, marker: str) -> None:
+    """Rename the finished folder `tmp` (from `temporary_path(target, folder=True)`) to `target`. A
+    `target` folder without its `marker` file (damaged, or left by an older version) is moved aside and
+    removed first; a complete `target` that another process published meanwhile is kept (ours is dropped)."""
+    if target.is_dir() and not target.is_symlink() and not (target / marker).exists():
+        with temporary_path(target, folder=True) as trash, contextlib.suppress(FileNotFoundError):
+            os.rename(target, trash / "old")
+    try:
+        os.rename(tmp, target)
+    except OSError:
+        if not (target / marker).exists():
+            raise
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write `text` (UTF-8) through `write_atomic`: readers never see half a file."""
+    write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def write_json_atomic(path: str | os.PathLike, record: dict) -> None:
@@ -94,29 +256,106 @@ def read_yaml_or_json(path: str, what: str) -> Any:
 
 
 def read_jsonl(path: str | os.PathLike) -> tuple[list[dict], list[int]]:
-    """The records of a JSONL file, and the numbers of lines that are not JSON (a write cut short)."""
+    """The records of a JSONL file, and the numbers of lines that are not a JSON object (a write cut
+    short, e.g. by a full disk or kill -9). Read as bytes: a torn line may end inside a character."""
     records, bad = [], []
-    for number, line in enumerate(Path(path).read_text().splitlines(), 1):
+    for number, line in enumerate(Path(path).read_bytes().split(b"\n"), 1):
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
+            record = json.loads(line.decode())
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            record = None
+        if isinstance(record, dict):
+            records.append(record)
+        else:
             bad.append(number)
     return records, bad
 
 
-def append_jsonl(path: str | os.PathLike, record: dict) -> None:
-    """Append one line; never truncates what is there. One O_APPEND write, so sweep workers
-    sharing a results file do not interleave their lines."""
+def _failure_reason(err: OSError) -> str:
+    return err.strerror or type(err).__name__
+
+
+def check_appendable(path: str | os.PathLike, what: str = "results file") -> None:
+    """Refuse, before any work, a JSONL file that could not take a record: a folder, a file that is
+    not writable, a folder that cannot be created (under a file, or read-only). Creates nothing.
+    A disk that fills up later is still possible: append_jsonl then fails without leaving a torn line."""
+    file = Path(path).absolute()
+    shown = repr(str(path))
+    if file.is_dir():
+        raise PetlError(f"{what} {shown} is a folder; give the path of a JSONL file (one line is appended per run)")
+    if file.exists():
+        if not os.access(file, os.W_OK):
+            raise PetlError(f"{what} {shown} is not writable; give a file that this user can append to")
+        return
+    folder = file.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise PetlError(f"{what} {shown}: {str(folder)!r} is a file, so the folder for it cannot be created")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PetlError(f"{what} {shown}: the folder {str(folder)!r} is not writable")
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    written = os.write(fd, data)
+    while written < len(data):  # a short write (rare) finishes in further calls
+        written += os.write(fd, data[written:])
+
+
+def append_jsonl(path: str | os.PathLike, record: dict, what: str = "results file") -> tuple[int, int]:
+    """Append one line; never changes what was there. One O_APPEND write under an exclusive lock, so
+    sweep workers sharing a results file do not interleave their lines. A torn last line (a write
+    cut short) is first ended with a newline: it stays an unreadable line of its own (read_jsonl
+    reports it) and this record starts on a fresh, intact line. A failed write (full disk, ...) is
+    undone (the file is cut back to its size before) and raised as a PetlError naming the file and
+    the reason. Returns the byte span (start, end) written, for remove_appended."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     line = (json.dumps(record, default=str) + "\n").encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        written = os.write(fd, line)
-        while written < len(line):  # a short write (rare) finishes in further calls
-            written += os.write(fd, line[written:])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+    except OSError as err:
+        raise PetlError(f"{what} {str(path)!r}: cannot append the record ({_failure_reason(err)})") from None
+    try:
+        with contextlib.suppress(OSError):  # a file system without locks (some NFS): append unlocked
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        info = os.fstat(fd)
+        regular = stat.S_ISREG(info.st_mode)
+        start = info.st_size if regular else 0
+        if start and os.pread(fd, 1, start - 1) != b"\n":
+            line = b"\n" + line
+        try:
+            _write_all(fd, line)
+            os.fsync(fd)
+        except OSError as err:
+            if regular:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, start)  # nothing torn is left behind
+            raise PetlError(
+                f"{what} {str(path)!r}: cannot append the record ({_failure_reason(err)}); the file is left as it was"
+            ) from None
+    finally:
+        os.close(fd)  # releases the lock
+    return start, start + len(line)
+
+
+def remove_appended(path: str | os.PathLike, span: tuple[int, int]) -> bool:
+    """Take back a line that append_jsonl wrote (its span), when a later step of the same run failed.
+    Only while it is still the file's last line (another writer may have appended since); True if removed."""
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        if os.fstat(fd).st_size != span[1]:
+            return False
+        os.ftruncate(fd, span[0])
         os.fsync(fd)
+        return True
+    except OSError:
+        return False
     finally:
         os.close(fd)

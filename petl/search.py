@@ -1,4 +1,5 @@
-"""Search spaces for run_glue_hyper_search.py: reading, validation, defaults per method.
+"""Search spaces for run_glue_hyper_search.py: reading, validation, defaults per method; and the
+marker that lets `--resume` trust a search folder.
 
 A space file (YAML or JSON) maps argument names of run_glue.py to one distribution each:
 
@@ -10,11 +11,28 @@ A space file (YAML or JSON) maps argument names of run_glue.py to one distributi
 
 PBT mutates only the optimizer's hyperparameters (MUTABLE) mid-run; everything else (size knobs,
 warm-up, batch size) is drawn once per trial and travels with the trial's checkpoint.
+
+Resuming a search makes Ray unpickle files from the output folder (tuner.pkl, trial state,
+checkpoints), and unpickling runs code. So a search writes MARKER_FILE into the folder it creates,
+signed with a key private to the user (search_key_file()), and `--resume` accepts only a folder
+with a valid marker for that very folder, owned by the user and writable by no one else.
 """
 
 from __future__ import annotations
 
+import enum
+import hashlib
+import hmac
+import json
+import math
+import os
+import secrets
+import stat
+import time
+import types
+import typing
 from dataclasses import fields
+from pathlib import Path
 from typing import Any
 
 from petl.errors import PetlError
@@ -22,7 +40,16 @@ from petl.results import read_yaml_or_json
 
 DISTRIBUTIONS = ("loguniform", "uniform", "choice", "randint")
 MUTABLE = ("learning_rate", "head_lr", "petl_lr", "weight_decay")
-NOT_SEARCHABLE = ("per_device_train_batch_size", "output_dir", "seed", "task_name", "method", "model_name_or_path")
+# not searchable: what defines the study, and every argument naming a file, folder or upload target
+# (a sampled path could write outside the output folder)
+NOT_SEARCHABLE = (
+    "per_device_train_batch_size", "output_dir", "seed", "task_name", "method", "model_name_or_path", "overwrite_output_dir",
+    "load_petl", "export_peft", "resume_from_checkpoint", "deepspeed", "fsdp", "fsdp_config", "accelerator_config",
+    "push_to_hub", "run_name", "dry_run", "do_train", "do_eval", "do_predict",
+)  # fmt: skip
+NOT_SEARCHABLE_SUFFIXES = ("_dir", "_file", "_path")
+MARKER_FILE = ".petl_search.json"
+MARKER_KIND = "run_glue_hyper_search.py"
 
 DEFAULT_SPACES: dict[str, dict[str, dict]] = {
     "_common": {
@@ -44,16 +71,96 @@ DEFAULT_SPACES: dict[str, dict[str, dict]] = {
 }
 
 
-def searchable_arguments() -> dict[str, type]:
-    """Every run_glue.py argument a space may name, with its dataclass field type."""
+def is_searchable(name: str) -> bool:
+    return name not in NOT_SEARCHABLE and not name.endswith(NOT_SEARCHABLE_SUFFIXES) and not name.startswith("hub_")
+
+
+def searchable_arguments() -> dict[str, Any]:
+    """Every run_glue.py argument a space may name, with its resolved type annotation."""
     from argument_classes import ARGUMENT_CLASSES
 
     out = {}
     for cls in ARGUMENT_CLASSES:
+        hints = typing.get_type_hints(cls)
         for f in fields(cls):
-            if f.name not in NOT_SEARCHABLE:
-                out[f.name] = f.type
+            if is_searchable(f.name):
+                out[f.name] = hints.get(f.name, Any)
     return out
+
+
+# -- values against declared argument types (search spaces and JSON argument files) -------------
+
+
+def _members(annotation: Any) -> tuple:
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return typing.get_args(annotation)
+    return (annotation,)
+
+
+def value_fits(value: Any, annotation: Any) -> bool:
+    """Whether a JSON/YAML value can stand for an argument of this type, as HfArgumentParser would
+    have produced it from the command line. Types it cannot judge accept anything."""
+    for member in _members(annotation):
+        origin = typing.get_origin(member)
+        if member is type(None):
+            ok = value is None
+        elif member is bool:
+            ok = isinstance(value, bool)
+        elif member is int:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif member is float:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        elif member is str:
+            ok = isinstance(value, str)
+        elif isinstance(member, type) and issubclass(member, enum.Enum):
+            ok = isinstance(value, (str, member)) and str(getattr(value, "value", value)) in {str(m.value) for m in member}
+        elif origin is typing.Literal:
+            ok = value in typing.get_args(member) and type(value) in {type(a) for a in typing.get_args(member)}
+        elif member is list or origin is list:
+            inner = typing.get_args(member)
+            ok = isinstance(value, list) and (not inner or all(value_fits(v, inner[0]) for v in value))
+        elif member is dict or origin is dict:
+            ok = isinstance(value, dict)
+        else:
+            ok = True
+        if ok:
+            return True
+    return False
+
+
+def describe_type(annotation: Any) -> str:
+    """What a value of this type looks like, in words: 'an integer or null'."""
+    words = []
+    for member in _members(annotation):
+        origin = typing.get_origin(member)
+        if member is type(None):
+            words.append("null")
+        elif member is bool:
+            words.append("true or false")
+        elif member is int:
+            words.append("an integer")
+        elif member is float:
+            words.append("a finite number")
+        elif member is str:
+            words.append("a string")
+        elif isinstance(member, type) and issubclass(member, enum.Enum):
+            words.append("one of " + ", ".join(str(m.value) for m in member))
+        elif origin is typing.Literal:
+            words.append("one of " + ", ".join(json.dumps(a) for a in typing.get_args(member)))
+        elif member is list or origin is list:
+            words.append("a list")
+        elif member is dict or origin is dict:
+            words.append("a mapping")
+        else:
+            words.append(getattr(member, "__name__", str(member)))
+    return " or ".join(dict.fromkeys(words))
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+# -- spaces ---------------------------------------------------------------------------------------
 
 
 def default_space(methods: list[str]) -> dict[str, dict]:
@@ -65,16 +172,24 @@ def default_space(methods: list[str]) -> dict[str, dict]:
     return space
 
 
-def load_space(path: str | None, methods: list[str]) -> dict[str, dict]:
+def load_space(path: str | None, methods: list[str], scheduler: str | None = None) -> dict[str, dict]:
     if path is None:
         space = default_space(methods)
     else:
         space = read_yaml_or_json(path, "--search_space")
-    validate_space(space, str(path or "default space"))
+    where = f"--search_space {path!r}" if path else "default search space"
+    validate_space(space, where)
+    if scheduler == "pbt" and not any(name in MUTABLE for name in space):
+        raise PetlError(
+            f"{where}: PBT explores by mutating {', '.join(MUTABLE)}, and the space names none of them "
+            f"(it has {', '.join(map(str, space))}); add e.g. learning_rate: {{loguniform: [1.0e-4, 1.0e-2]}} "
+            "or use --search_scheduler asha"
+        )
     return space
 
 
 def validate_space(space: Any, where: str) -> None:
+    """Every name a searchable argument, every distribution well-formed and of values the argument takes."""
     if not isinstance(space, dict) or not space:
         raise PetlError(f"{where}: a search space is a non-empty mapping of argument name to distribution")
     allowed = searchable_arguments()
@@ -84,16 +199,36 @@ def validate_space(space: Any, where: str) -> None:
             hint = f" (similar: {near})" if near else ""
             raise PetlError(f"{where}: {name!r} is not a run_glue.py argument that can be searched{hint}")
         if not isinstance(dist, dict) or len(dist) != 1 or next(iter(dist)) not in DISTRIBUTIONS:
-            raise PetlError(f"{where}: {name}: give exactly one of {', '.join(DISTRIBUTIONS)}, e.g. {{loguniform: [1e-5, 1e-3]}}")
+            got = f"got {json.dumps(dist, default=str)}"
+            raise PetlError(f"{where}: {name}: give exactly one of {', '.join(DISTRIBUTIONS)}, e.g. {{loguniform: [1e-5, 1e-3]}}; {got}")
         kind, values = next(iter(dist.items()))
         if not isinstance(values, list) or not values:
-            raise PetlError(f"{where}: {name}: {kind} needs a list of values")
-        if kind == "choice":
-            continue
-        if len(values) != 2 or not all(isinstance(v, (int, float)) for v in values) or not values[0] < values[1]:
-            raise PetlError(f"{where}: {name}: {kind} needs [low, high] with low < high, got {values}")
-        if kind == "loguniform" and values[0] <= 0:
-            raise PetlError(f"{where}: {name}: loguniform needs low > 0, got {values[0]}")
+            raise PetlError(f"{where}: {name}: {kind} needs a list of values, got {json.dumps(values, default=str)}")
+        _check_values(name, kind, values, allowed[name], where)
+
+
+def _check_values(name: str, kind: str, values: list, annotation: Any, where: str) -> None:
+    takes = describe_type(annotation)
+    members = _members(annotation)
+    if kind == "choice":
+        for value in values:
+            if not value_fits(value, annotation) or isinstance(value, (list, dict)):
+                raise PetlError(f"{where}: {name}: choice value {json.dumps(value, default=str)} is not allowed; {name} takes {takes}")
+        return
+    if len(values) != 2 or not all(_is_number(v) for v in values):
+        raise PetlError(f"{where}: {name}: {kind} needs [low, high] with low < high, got {json.dumps(values, default=str)}")
+    low, high = values
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise PetlError(f"{where}: {name}: {kind} needs finite bounds, got {json.dumps(values)}")
+    if not low < high:
+        raise PetlError(f"{where}: {name}: {kind} needs [low, high] with low < high, got {json.dumps(values)}")
+    if kind == "loguniform" and low <= 0:
+        raise PetlError(f"{where}: {name}: loguniform needs low > 0, got {low}")
+    numeric = float in members or int in members
+    if not numeric:
+        raise PetlError(f"{where}: {name}: {kind} draws numbers, but {name} takes {takes}; use choice")
+    if float not in members and (kind != "randint" or not all(isinstance(v, int) for v in values)):
+        raise PetlError(f"{where}: {name} takes integers: use randint with integer bounds (high excluded) or choice, got {kind} {values}")
 
 
 def to_tune(space: dict[str, dict]) -> dict[str, Any]:
@@ -114,3 +249,101 @@ def to_tune(space: dict[str, dict]) -> dict[str, Any]:
 def mutations(space: dict[str, dict]) -> dict[str, Any]:
     """PBT resamples these on explore (besides perturbing them by 0.8x / 1.2x)."""
     return {k: v for k, v in to_tune(space).items() if k in MUTABLE}
+
+
+# -- the search folder's marker: what makes `--resume` trust its pickles ------------------------------
+
+
+def search_key_file() -> Path:
+    """A secret of this user that signs the markers: $PETL_SEARCH_KEY_FILE, else
+    $XDG_CONFIG_HOME/petl/search.key (default ~/.config/petl/search.key)."""
+    if os.environ.get("PETL_SEARCH_KEY_FILE"):
+        return Path(os.environ["PETL_SEARCH_KEY_FILE"])
+    config = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    return config / "petl" / "search.key"
+
+
+def _read_key(create: bool) -> bytes | None:
+    path = search_key_file()
+    if not path.exists():
+        if not create:
+            return None
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_hex(32) + "\n")
+    _check_private(path, "the search key file", readable_by_others=False)
+    return path.read_text().strip().encode()
+
+
+def _signature(key: bytes, marker: dict) -> str:
+    signed = json.dumps({k: marker.get(k) for k in ("kind", "folder", "token", "uid", "created")}, sort_keys=True)
+    return hmac.new(key, signed.encode(), hashlib.sha256).hexdigest()
+
+
+def write_marker(folder: Path) -> Path:
+    """Sign and write the marker into a folder a new search has just created (or taken over)."""
+    folder = Path(folder).resolve()
+    marker = {
+        "kind": MARKER_KIND,
+        "folder": str(folder),
+        "token": secrets.token_hex(16),
+        "uid": os.getuid(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    marker["signature"] = _signature(_read_key(create=True), marker)
+    path = folder / MARKER_FILE
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(marker, fh, indent=2)
+    return path
+
+
+def _check_private(path: Path, what: str, readable_by_others: bool = True) -> None:
+    """Owned by this user, writable by no one else (and, for secrets, readable by no one else)."""
+    info = os.stat(path)
+    if info.st_uid != os.getuid():
+        raise PetlError(f"{what} {str(path)!r} is owned by uid {info.st_uid}, not by you (uid {os.getuid()}); refusing to load it")
+    mask = 0o022 if readable_by_others else 0o077
+    if info.st_mode & mask:
+        others = "writable" if info.st_mode & 0o022 else "readable"
+        raise PetlError(
+            f"{what} {str(path)!r} is {others} by group or others (mode {stat.filemode(info.st_mode)}); refusing to load it. "
+            f"Allowed: only you can write it (chmod go-w{'' if readable_by_others else 'rx'})"
+        )
+
+
+def check_resumable(folder: Path) -> None:
+    """Refuse to resume (that is, to unpickle from) a folder this user's searches did not create,
+    or one that someone else could have written into. One PetlError line per reason."""
+    folder = Path(folder).resolve()
+    marker_path = folder / MARKER_FILE
+    if not marker_path.is_file():
+        raise PetlError(
+            f"--resume: {str(folder)!r} has no {MARKER_FILE}, so run_glue_hyper_search.py did not create it; resuming loads "
+            "pickled files from the folder, which can run code. Allowed: only folders your own searches created"
+        )
+    _check_private(folder, "--resume: the search folder")
+    _check_private(marker_path, "--resume: the search marker")
+    try:
+        marker = json.loads(marker_path.read_text())
+    except (ValueError, OSError) as err:
+        raise PetlError(f"--resume: the search marker {str(marker_path)!r} is unreadable: {str(err).splitlines()[0]}") from None
+    key = _read_key(create=False)
+    signature = marker.get("signature") if isinstance(marker, dict) else None
+    if key is None or not isinstance(signature, str) or not hmac.compare_digest(_signature(key, marker), signature):
+        raise PetlError(
+            f"--resume: the search marker {str(marker_path)!r} was not signed with your search key ({search_key_file()}), so "
+            "no search of yours created this folder here; resuming loads pickled files from it. "
+            "Allowed: only folders your own searches created"
+        )
+    if marker.get("folder") != str(folder):
+        raise PetlError(
+            f"--resume: {str(folder)!r} was created as {marker.get('folder')!r} and moved or copied; resume it at its original path"
+        )
+    for root, dirs, files in os.walk(folder):  # every file Ray or the Trainer may unpickle
+        for name in dirs + files:
+            path = Path(root, name)
+            if path.is_symlink() and not path.exists():
+                continue
+            _check_private(path, "--resume: in the search folder,")

@@ -27,10 +27,19 @@ whose arguments name no layer runs once per task and seed. A list value is a set
 product). `layers` inside a method overrides the global list; `tasks` likewise.
 
 Each cell is one `run_glue.run` call. Its record (the run_glue results record, minus the bulky
-parts, plus the cell's coordinates) is appended to the JSONL file as soon as it finishes; a re-run
-skips cells already recorded as finished (failed ones are retried unless --skip_failed). A failed
-cell is recorded with its error and the sweep goes on. The frozen-prefix cache is used wherever it
-is valid, on disk under <output_dir>/cache so cells at the same layer share one forward pass.
+parts, plus the cell's coordinates, its run arguments and their hash) is appended to the JSONL file
+as soon as it finishes; a re-run skips cells already recorded as finished (failed ones are retried
+unless --skip_failed). A cell's latest record decides, and only while it was made with the same
+arguments: a grid whose epochs, learning rate or any other run argument changed runs the changed
+cells again (a line names the changed keys). Records written before the hash existed are compared
+on their cell arguments only (the grid's shared `arguments` are not stored in them), and trusted
+where those match. Where files live (output_dir, cache_dir, glue_dir) is not part of the hash.
+Unreadable lines of the results file (a write cut short) are reported and skipped; their cells run
+again, once. A failed cell is recorded with its error and the sweep goes on; a record that cannot
+be appended (a full disk) stops the sweep with an error, the file left as it was. The frozen-prefix
+cache is used wherever it is valid, on disk under <output_dir>/cache so cells at the same layer
+share one forward pass. Names from the grid that become folder names (name, tasks, method names,
+setting axes) must be plain names: no '/', '\\', NUL, '.' or '..'.
 
 `--shard K/N` runs every N-th cell of the grid, starting at cell K, so N workers share one grid and
 one results file (lines are appended atomically; cache folders are written to a temporary name and
@@ -45,9 +54,11 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import itertools
 import json
 import logging
+import os
 import sys
 import time
 import traceback
@@ -56,13 +67,15 @@ from pathlib import Path
 from typing import Any
 
 from petl.errors import PetlError, exit_status
-from petl.results import read_jsonl, read_yaml_or_json
+from petl.results import check_appendable, read_jsonl, read_yaml_or_json
 
 logger = logging.getLogger("petl.sweep")
 
 GRID_KEYS = {"name", "results", "output_dir", "model_name_or_path", "tasks", "seeds", "layers", "arguments", "methods"}
 METHOD_KEYS = {"layers", "tasks"}  # besides run_glue.py arguments
 DROPPED_FROM_RECORD = ("parameter_report", "arguments", "prediction_files", "new_parameters_initialised")
+# where files live, not what runs: left out of a cell's argument hash, so moving a sweep re-runs nothing
+LOCATION_ARGUMENTS = ("output_dir", "overwrite_output_dir", "cache_dir", "glue_dir", "logging_dir", "disable_tqdm")
 
 
 @dataclass
@@ -96,10 +109,46 @@ def load_grid(path: str) -> dict:
             raise PetlError(f"grid file {path!r}: {key!r} is missing or empty")
     grid.setdefault("name", Path(path).stem)
     grid.setdefault("seeds", [42])
+    check_grid_names(grid, path)
     grid.setdefault("arguments", {})
     grid.setdefault("results", f"results/{grid['name']}.jsonl")
     grid.setdefault("output_dir", f"outputs/sweeps/{grid['name']}")
     return grid
+
+
+def check_folder_name(value: Any, what: str, grid_path: str) -> None:
+    """A name from a grid that becomes part of a folder path must stay one plain path component,
+    so that no grid can write outside the sweep's output folder."""
+    text = str(value)
+    if text in ("", ".", "..") or any(bad in text for bad in ("/", "\\", "\0")) or os.path.isabs(text):
+        raise PetlError(
+            f"grid file {grid_path!r}: {what} {value!r} cannot be part of a folder name; "
+            "use a plain name without '/', '\\', NUL, '.' or '..'"
+        )
+
+
+def check_grid_names(grid: dict, grid_path: str) -> None:
+    """Every grid value that ends up in a path: the grid's name, tasks, method names, setting axes
+    (keys and values); seeds must be integers."""
+    check_folder_name(grid["name"], "name", grid_path)
+    if not isinstance(grid["tasks"], list) or not isinstance(grid["methods"], dict) or not isinstance(grid["seeds"], list):
+        raise PetlError(f"grid file {grid_path!r}: 'tasks' and 'seeds' must be lists and 'methods' a mapping")
+    for seed in grid["seeds"]:
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise PetlError(f"grid file {grid_path!r}: seed {seed!r} is not an integer")
+    for task in grid["tasks"]:
+        check_folder_name(task, "task", grid_path)
+    for name, spec in grid["methods"].items():
+        check_folder_name(name, "method name", grid_path)
+        if not isinstance(spec, dict):
+            continue  # expand_cells says what a method needs
+        for task in spec.get("tasks", []) if isinstance(spec.get("tasks"), list) else []:
+            check_folder_name(task, f"task of method {name!r}", grid_path)
+        for key, values in spec.items():
+            if isinstance(values, list) and key not in METHOD_KEYS:
+                check_folder_name(key, f"setting of method {name!r}", grid_path)
+                for value in values:
+                    check_folder_name(value, f"value of {key!r} in method {name!r}", grid_path)
 
 
 def _layer_list(spec: Any, num_layers: int | None, where: str) -> list[int]:
@@ -164,21 +213,24 @@ def expand_cells(grid: dict, num_layers: int | None) -> list[Cell]:
     return cells
 
 
-def finished_cells(results: Path, retry_failed: bool = True) -> set[str]:
-    """Cell ids already recorded; a torn last line (killed mid-write) is ignored."""
-    done = set()
+def recorded_cells(results: Path) -> tuple[dict[str, dict], list[int]]:
+    """The latest record of each cell id, and the numbers of the file's unreadable lines (a write
+    cut short: skipped, so their cells count as not recorded)."""
     if not results.is_file():
-        return done
-    for rec in read_jsonl(results)[0]:
-        if rec.get("status") == "ok" or (not retry_failed and rec.get("status") == "failed"):
-            done.add(rec.get("cell_id"))
-    return done
+        return {}, []
+    records, unreadable = read_jsonl(results)
+    return {rec["cell_id"]: rec for rec in records if isinstance(rec.get("cell_id"), str)}, unreadable
 
 
-def build_arguments(grid: dict, cell: Cell, output_dir: Path, results: Path):
-    """The four run_glue argument objects for one cell; unknown names are one clear error."""
-    from argument_classes import arguments_from_dict
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
 
+
+def run_values(grid: dict, cell: Cell, output_dir: Path) -> dict[str, Any]:
+    """Every argument the grid gives run_glue for one cell (run_glue's defaults fill in the rest)."""
+    folder = Path(cell.cell_id.replace("=", ""))
+    if folder.is_absolute() or ".." in folder.parts:  # check_grid_names refuses such names; never leave output_dir
+        raise PetlError(f"cell {cell.cell_id!r} would write outside {str(output_dir)!r}")
     values = {
         "disable_tqdm": True,
         "report_to": [],
@@ -187,14 +239,48 @@ def build_arguments(grid: dict, cell: Cell, output_dir: Path, results: Path):
         **cell.arguments,
         "task_name": cell.task,
         "seed": cell.seed,
-        "output_dir": str(output_dir / "runs" / cell.cell_id.replace("=", "")),
+        "output_dir": str(output_dir / "runs" / folder),
         "overwrite_output_dir": True,
     }
     if grid.get("model_name_or_path"):
         values.setdefault("model_name_or_path", grid["model_name_or_path"])
     values.setdefault("cache_frozen_layers", True)
     values.setdefault("cache_dir", str(output_dir / "cache"))
-    return arguments_from_dict(values, f"cell {cell.cell_id}")
+    return values
+
+
+def run_arguments(grid: dict, cell: Cell) -> dict[str, Any]:
+    """What a cell runs with, without where its files go: recorded with the cell, compared on resume."""
+    values = run_values(grid, cell, Path("."))
+    return {k: v for k, v in sorted(values.items()) if k not in LOCATION_ARGUMENTS}
+
+
+def arguments_hash(arguments: dict[str, Any]) -> str:
+    return hashlib.sha256(_canonical(arguments).encode()).hexdigest()[:16]
+
+
+def changed_arguments(record: dict, grid: dict, cell: Cell) -> list[str]:
+    """The argument names that differ between a cell's record and the grid now ([] if none). Records
+    with a hash are compared on all run arguments; older ones, without it, on their cell arguments."""
+    def differing(now: dict, then: dict) -> list[str]:
+        return sorted(k for k in set(now) | set(then) if _canonical(now.get(k)) != _canonical(then.get(k)))
+
+    if "arguments_hash" in record:
+        now = run_arguments(grid, cell)
+        if record["arguments_hash"] == arguments_hash(now):
+            return []
+        then = record.get("run_arguments")
+        return (differing(now, then) if isinstance(then, dict) else []) or ["(arguments)"]
+    if isinstance(record.get("cell_arguments"), dict):
+        return differing(cell.arguments, record["cell_arguments"])
+    return []  # nothing stored to compare with: trusted
+
+
+def build_arguments(grid: dict, cell: Cell, output_dir: Path, results: Path):
+    """The four run_glue argument objects for one cell; unknown names are one clear error."""
+    from argument_classes import arguments_from_dict
+
+    return arguments_from_dict(run_values(grid, cell, output_dir), f"cell {cell.cell_id}")
 
 
 def slim_record(record: dict) -> dict:
@@ -221,8 +307,27 @@ def run_sweep(grid_path: str, results: str | None = None, output_dir: str | None
     out = Path(output_dir or grid["output_dir"])
     shard_index, shard_count = parse_shard(shard)
     cells = expand_cells(grid, _model_depth(grid))[shard_index::shard_count]
-    done = finished_cells(results_path, retry_failed)
-    todo = [c for c in cells if c.cell_id not in done]
+    recorded, unreadable = recorded_cells(results_path)
+    if unreadable:
+        shown = ", ".join(str(n) for n in unreadable[:20]) + (", ..." if len(unreadable) > 20 else "")
+        print(f"warning: {results_path}: {len(unreadable)} unreadable line(s) (line {shown}; a write cut short?) skipped; "
+              "their cells run again")  # fmt: skip
+    todo, changed_keys, changed_cells = [], set(), 0
+    for cell in cells:
+        record = recorded.get(cell.cell_id)
+        if record is None:
+            todo.append(cell)
+            continue
+        changed = changed_arguments(record, grid, cell)
+        if changed:
+            changed_cells += 1
+            changed_keys.update(changed)
+            todo.append(cell)
+        elif record.get("status") != "ok" and (retry_failed or record.get("status") != "failed"):
+            todo.append(cell)
+    if changed_cells:
+        keys = ", ".join(sorted(changed_keys))
+        print(f"{changed_cells} recorded cell(s) ran with other arguments than the grid now gives (changed: {keys}); they run again")
     if max_cells is not None:
         todo = todo[:max_cells]
     part = f" (shard {shard_index}/{shard_count})" if shard_count > 1 else ""
@@ -232,8 +337,9 @@ def run_sweep(grid_path: str, results: str | None = None, output_dir: str | None
         for c in todo:
             print(f"  {c.cell_id}  {json.dumps(c.arguments)}")
         return {"cells": len(cells), "to_run": len(todo), "ran": 0, "failed": 0}
-    for c in todo:  # every cell's arguments are checked before the first one trains
+    for c in todo:  # every cell's arguments, and the results file, are checked before the first one trains
         build_arguments(grid, c, out, results_path)
+    check_appendable(results_path)
 
     from tqdm.auto import tqdm
 
@@ -247,6 +353,8 @@ def run_sweep(grid_path: str, results: str | None = None, output_dir: str | None
         began = time.time()
         base = {"sweep": grid["name"], "cell_id": cell.cell_id, "task": cell.task, "method_name": cell.method_name,
                 "layer": cell.layer, "seed": cell.seed, "setting": cell.setting, "cell_arguments": cell.arguments}  # fmt: skip
+        base["run_arguments"] = run_arguments(grid, cell)
+        base["arguments_hash"] = arguments_hash(base["run_arguments"])
         try:
             args = build_arguments(grid, cell, out, results_path)
             record = run_glue.run(*copy.deepcopy(args), cache_when_valid=True)
@@ -257,7 +365,10 @@ def run_sweep(grid_path: str, results: str | None = None, output_dir: str | None
             entry = {**base, "status": "failed", "error": f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}",
                      "traceback": traceback.format_exc(limit=5)}  # fmt: skip
         entry["cell_seconds"] = time.time() - began
-        append_jsonl(results_path, entry)
+        try:
+            append_jsonl(results_path, entry)
+        except PetlError as err:  # a full disk: stop rather than train cells that cannot be recorded
+            raise PetlError(f"{err}; cell {cell.cell_id} ran but is not recorded, so the sweep stops (run it again to resume)") from None
     bar.close()
     print(f"sweep {grid['name']}: ran {len(todo)} cells ({failed} failed); results in {results_path}")
     return {"cells": len(cells), "to_run": len(todo), "ran": len(todo), "failed": failed}

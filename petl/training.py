@@ -1,24 +1,116 @@
 """HF Trainer integration: optimizer parameter groups, best-state selection with early stopping,
 and delta-only checkpoints for PETL methods.
 
-Where the head's learning rate is set: `build_param_groups` (from --head_lr / --petl_lr)."""
+Where the head's learning rate is set: `build_param_groups` (from --head_lr / --petl_lr).
+
+Exact resume: besides HF's files (weights or delta, optimizer, scheduler, RNG, trainer_state.json),
+every checkpoint-N/ holds what lives outside the model: the best state and its step, epoch and
+score, the evaluation history, the early-stopping counter (RESUME_STATE_FILE, BEST_STATE_FILE) and
+the running training-loss sums. They are written before HF's trainer_state.json, so a checkpoint
+with trainer_state.json is complete; `resolve_resume_checkpoint` only resumes from complete ones."""
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
+import re
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Any
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import Trainer, TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput
 
 from petl.cache import CACHE_INPUT, run_from_layer
 from petl.core import PETL_CONFIG_FILE, _owner, gathered, is_new_parameter, load_petl, save_petl
+from petl.errors import PetlError
+from petl.results import write_atomic
 
 logger = logging.getLogger(__name__)
+
+TRAINER_STATE_FILE = "trainer_state.json"  # HF's, written last into a checkpoint
+RESUME_STATE_FILE = "petl_resume.json"  # best-state bookkeeping and training-loss sums
+BEST_STATE_FILE = "petl_best_state.safetensors"  # the trained tensors at the best validation score
+RESUME_FORMAT_VERSION = 1
+_CHECKPOINT_NAME = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
+
+
+def complete_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
+    """The checkpoint-N folders in `output_dir` that were written to the end (trainer_state.json
+    present), by step. A folder without it was cut short by a crash while being saved."""
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        return []
+    found = []
+    for child in folder.iterdir():
+        match = _CHECKPOINT_NAME.match(child.name)
+        if match and child.is_dir():
+            if (child / TRAINER_STATE_FILE).is_file():
+                found.append((int(match.group(1)), child))
+            else:
+                logger.warning("skipping %s: no %s (saving was cut short)", child, TRAINER_STATE_FILE)
+    return [path for _, path in sorted(found)]
+
+
+def resolve_resume_checkpoint(value: str | bool | None, output_dir: str | os.PathLike | None) -> str | None:
+    """--resume_from_checkpoint: None (or false/empty) starts afresh; `true` is the latest complete
+    checkpoint-N in output_dir (HF's get_last_checkpoint, skipping checkpoints cut short); anything
+    else must be a complete checkpoint folder. Bad values are a PetlError naming them."""
+    if value is None or value is False or (isinstance(value, str) and value.strip().lower() in ("", "false", "none")):
+        return None
+    if value is True or (isinstance(value, str) and value.strip().lower() == "true"):
+        latest = complete_checkpoints(output_dir) if output_dir else []
+        if not latest:
+            raise PetlError(
+                f"--resume_from_checkpoint true: --output_dir {str(output_dir)!r} holds no complete {PREFIX_CHECKPOINT_DIR}-N "
+                f"folder (with {TRAINER_STATE_FILE}); checkpoints are written with --save_strategy epoch or steps"
+            )
+        logger.info("resuming from the latest checkpoint, %s", latest[-1])
+        return str(latest[-1])
+    folder = Path(value)
+    if not folder.is_dir():
+        raise PetlError(
+            f"--resume_from_checkpoint {value!r} is not a folder; give a {PREFIX_CHECKPOINT_DIR}-N folder of an earlier run, "
+            "or 'true' for the latest one in --output_dir"
+        )
+    if not (folder / TRAINER_STATE_FILE).is_file():
+        raise PetlError(
+            f"--resume_from_checkpoint {value!r} has no {TRAINER_STATE_FILE}: not a checkpoint, or one cut short while "
+            "being saved; give a complete checkpoint folder"
+        )
+    return str(folder)
+
+
+def read_resume_state(checkpoint: str | os.PathLike) -> dict[str, Any]:
+    """The checkpoint's RESUME_STATE_FILE, checked; a PetlError if missing or malformed."""
+    path = Path(checkpoint) / RESUME_STATE_FILE
+    if not path.is_file():
+        raise PetlError(
+            f"--resume_from_checkpoint {str(checkpoint)!r} has no {RESUME_STATE_FILE} (the best state, evaluation history "
+            "and early-stopping counter): it was written by an older version; resuming from it would not be exact"
+        )
+    try:
+        state = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise PetlError(f"{str(path)!r} is not valid JSON: {err}") from None
+    loss = state.get("train_loss") if isinstance(state, dict) else None
+    ok = (
+        isinstance(state, dict)
+        and state.get("format_version") == RESUME_FORMAT_VERSION
+        and isinstance(loss, dict)
+        and all(isinstance(loss.get(k), (int, float)) for k in ("total", "pending"))
+        and isinstance(loss.get("last_logged_step"), int)
+        and (state.get("best") is None or isinstance(state.get("best"), dict))
+    )
+    if not ok:
+        raise PetlError(f"{str(path)!r} is not a resume state of format {RESUME_FORMAT_VERSION} (train_loss, best); was it edited?")
+    return state
 
 
 def no_decay_parameter_names(model: nn.Module) -> set[str]:
@@ -76,6 +168,69 @@ class PetlTrainer(Trainer):
         # assume the model normalises by `num_items_in_batch` itself, and then neither divide by
         # the accumulation steps nor undo DDP's averaging: k-times (or world-size-times) updates.
         self.model_accepts_loss_kwargs = False
+        self._resume_state: dict[str, Any] | None = None
+        self.add_callback(_RestoreLossSums(self))
+
+    def _best_state_callback(self) -> BestStateCallback | None:
+        found = [cb for cb in self.callback_handler.callbacks if isinstance(cb, BestStateCallback)]
+        if len(found) > 1:
+            raise ValueError("a PetlTrainer takes at most one BestStateCallback")
+        return found[0] if found else None
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs) -> TrainOutput:
+        """HF's train, resuming exactly: `true` is the latest complete checkpoint in output_dir, and
+        the checkpoint's best state, evaluation history, early-stopping counter and training-loss
+        sums are restored, so the run ends as the uninterrupted one would (train_loss included)."""
+        checkpoint = resolve_resume_checkpoint(resume_from_checkpoint, self.args.output_dir)
+        self._resume_state = read_resume_state(checkpoint) if checkpoint else None
+        best = self._best_state_callback()
+        if self._resume_state is not None and best is not None:
+            best.load_checkpoint_state(self._resume_state.get("best"), checkpoint)
+        out = super().train(checkpoint, *args, **kwargs)
+        if self._resume_state is None:
+            return out
+        # HF averages over this call's steps only; the restored sum covers the whole run
+        train_loss = self._total_loss_scalar / max(self.state.global_step, 0.001)
+        return TrainOutput(out.global_step, train_loss, {**out.metrics, "train_loss": train_loss})
+
+    def _init_training_state(self, max_steps, num_update_steps_per_epoch, num_train_epochs, resume_from_checkpoint, trial):
+        epochs_trained, steps_trained_in_current_epoch = super()._init_training_state(
+            max_steps, num_update_steps_per_epoch, num_train_epochs, resume_from_checkpoint, trial
+        )
+        best = self._best_state_callback()
+        if self._resume_state is not None and best is not None and best.stopped:
+            # early stopping had ended training when this checkpoint was saved: train no further
+            logger.info("the checkpoint was saved when early stopping ended training; no more steps")
+            return num_train_epochs, 0
+        return epochs_trained, steps_trained_in_current_epoch
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """Our resume files first, then HF's (trainer_state.json last marks the checkpoint complete)."""
+        if self.args.should_save:
+            folder = Path(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            folder.mkdir(parents=True, exist_ok=True)
+            best = self._best_state_callback()
+            state = {
+                "format_version": RESUME_FORMAT_VERSION,
+                "step": self.state.global_step,
+                # the Trainer's running sums of this rank's training loss (train_loss = total / steps)
+                "train_loss": {
+                    "total": self._total_loss_scalar,
+                    "pending": float(self._tr_loss.item()),
+                    "last_logged_step": self._globalstep_last_logged,
+                },
+                "best": best.save_checkpoint_state(folder) if best is not None else None,
+            }
+            write_atomic(folder / RESUME_STATE_FILE, lambda tmp: tmp.write_text(json.dumps(state, indent=2)))
+        super()._save_checkpoint(model, trial)
+
+    def _restore_loss_sums(self) -> None:
+        if self._resume_state is None:
+            return
+        loss = self._resume_state["train_loss"]
+        self._total_loss_scalar = float(loss["total"])
+        self._tr_loss = torch.tensor(float(loss["pending"]), dtype=self._tr_loss.dtype, device=self._tr_loss.device)
+        self._globalstep_last_logged = int(loss["last_logged_step"])
 
     def create_optimizer(self, model=None):
         if self.optimizer is None:
@@ -178,12 +333,23 @@ class PetlTrainer(Trainer):
         super()._load_from_checkpoint(resume_from_checkpoint, model)
 
 
+class _RestoreLossSums(TrainerCallback):
+    """HF resets its training-loss sums just before on_train_begin; a resumed run sets them back."""
+
+    def __init__(self, trainer: PetlTrainer):
+        self.trainer = trainer
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.trainer._restore_loss_sums()
+
+
 class BestStateCallback(TrainerCallback):
     """Keeps an in-memory copy of the trainable tensors at the best validation score, stops early
     after `patience` evaluations without improvement, and restores the best state on request.
 
     Only the trained tensors are copied, so a PETL run holds kilobytes to megabytes, never a
-    full-model checkpoint on disk."""
+    full-model checkpoint on disk. With checkpoints, PetlTrainer saves this bookkeeping into each
+    (save_checkpoint_state) and restores it on resume (load_checkpoint_state)."""
 
     def __init__(self, model: nn.Module, metric: str, greater_is_better: bool = True, patience: int | None = None):
         self.model = model
@@ -195,6 +361,7 @@ class BestStateCallback(TrainerCallback):
         self.best_epoch: float | None = None
         self.best_state: dict[str, torch.Tensor] | None = None
         self.bad_evals = 0
+        self.stopped = False  # early stopping has ended training
         self.history: list[dict] = []
         self.active = True
 
@@ -220,7 +387,66 @@ class BestStateCallback(TrainerCallback):
             self.bad_evals += 1
             if self.patience is not None and self.bad_evals >= self.patience:
                 logger.info("early stopping: %d evaluations without improvement of %s", self.bad_evals, self.metric_key)
+                self.stopped = True
                 control.should_training_stop = True
+
+    def save_checkpoint_state(self, folder: Path) -> dict[str, Any]:
+        """Write the best tensors into `folder` (atomically); return the rest, for the resume file."""
+        if self.best_state is not None:
+            write_atomic(folder / BEST_STATE_FILE, lambda tmp: save_file(self.best_state, str(tmp)))
+        return {
+            "metric_key": self.metric_key,
+            "greater_is_better": self.greater_is_better,
+            "best_value": self.best_value,
+            "best_step": self.best_step,
+            "best_epoch": self.best_epoch,
+            "bad_evals": self.bad_evals,
+            "stopped": self.stopped,
+            "history": self.history,
+            "has_best_state": self.best_state is not None,
+        }
+
+    def load_checkpoint_state(self, saved: dict[str, Any] | None, folder: str | os.PathLike) -> None:
+        """Take back what save_checkpoint_state wrote; refuse a checkpoint that selected by another
+        metric or whose tensors do not fit this model's trainable parameters."""
+        where = f"--resume_from_checkpoint {str(folder)!r}"
+        if saved is None:
+            raise PetlError(f"{where} holds no best state (it was saved without best-state selection); resuming would not be exact")
+        if (saved.get("metric_key"), saved.get("greater_is_better")) != (self.metric_key, self.greater_is_better):
+            raise PetlError(
+                f"{where} selected the best state by {saved.get('metric_key')!r} (greater is better: "
+                f"{saved.get('greater_is_better')}), this run by {self.metric_key!r} (greater is better: {self.greater_is_better}); "
+                "resume with the same --metric_for_best_model"
+            )
+        best_state = None
+        if saved.get("has_best_state"):
+            path = Path(folder) / BEST_STATE_FILE
+            try:
+                best_state = load_file(str(path))
+            except (OSError, SafetensorError) as err:
+                raise PetlError(f"{str(path)!r} cannot be read ({err}); resume from another checkpoint") from None
+            shapes = {n: tuple(getattr(p, "ds_shape", p.shape)) for n, p in self.model.named_parameters() if p.requires_grad}
+            saved_shapes = {n: tuple(t.shape) for n, t in best_state.items()}
+            if saved_shapes != shapes:
+                differ = sorted(set(saved_shapes.items()) ^ set(shapes.items()))[:3]
+                raise PetlError(
+                    f"{str(path)!r} does not fit this model's trainable parameters (differing: {differ}); same method and model?"
+                )
+        self.best_state = best_state
+        self.best_value = saved.get("best_value")
+        self.best_step = saved.get("best_step")
+        self.best_epoch = saved.get("best_epoch")
+        self.bad_evals = int(saved.get("bad_evals") or 0)
+        self.stopped = bool(saved.get("stopped"))
+        self.history = list(saved.get("history") or [])
+        logger.info(
+            "resumed the best state: %s=%s at step %s, %d evaluations so far, %d without improvement",
+            self.metric_key,
+            self.best_value,
+            self.best_step,
+            len(self.history),
+            self.bad_evals,
+        )
 
     def restore_best(self) -> bool:
         if self.best_state is None:

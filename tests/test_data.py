@@ -110,7 +110,7 @@ def test_custom_files_classification_and_regression(tmp_path):
 
 
 def test_custom_file_errors(tmp_path):
-    (tmp_path / "train.csv").write_text("a,y\nhello,pos\n")
+    (tmp_path / "train.csv").write_text("a,y\nhello,pos\nbye,neg\n")  # two classes: one alone is refused
     (tmp_path / "dev.csv").write_text("a,y\nhello,maybe\n")
     with pytest.raises(PetlError, match="'maybe'.*label set"):
         load_custom_files({"train": str(tmp_path / "train.csv"), "validation": str(tmp_path / "dev.csv")}, ["a"], "y", None)

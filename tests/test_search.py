@@ -97,8 +97,10 @@ def test_space_files_yaml_json_and_unreadable(tmp_path):
     assert {"learning_rate", "head_lr", "lora_rank"} <= set(default)
 
 
-def test_pbt_search_runs_to_completion_and_retrains_the_best(tmp_path, glue_dir):
+def test_pbt_search_runs_to_completion_and_retrains_the_best(tmp_path, glue_dir, monkeypatch):
     import run_glue_hyper_search
+
+    monkeypatch.setenv("PETL_SEARCH_KEY_FILE", str(tmp_path / "search.key"))  # the marker's key: not the user's ~/.config
 
     space = tmp_path / "space.json"
     space.write_text(json.dumps({"learning_rate": {"loguniform": [1e-4, 1e-2]}, "head_lr": {"choice": [1e-5, 3e-3]}}))
@@ -116,6 +118,11 @@ def test_pbt_search_runs_to_completion_and_retrains_the_best(tmp_path, glue_dir)
     assert final["validation_metrics"]["f1"] >= min(scores) - 0.02, (final, scores)
     assert final["test_metrics"]["f1"] > 0 and (tmp_path / "search" / "best" / "results.json").is_file()
     assert json.loads((tmp_path / "search" / "search_results.json").read_text())["best_config"] == summary["best_config"]
+    # trial folders carry Ray's trial id, not sampled values; the folder is signed and may be resumed
+    assert all(p.name.startswith("trial_") for p in (tmp_path / "search" / "ray" / "search").iterdir() if p.is_dir())
+    from petl.search import check_resumable
+
+    check_resumable(tmp_path / "search")
 
 
 def test_trial_values_take_the_declared_argument_types(tmp_path, glue_dir):

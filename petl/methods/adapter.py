@@ -8,12 +8,14 @@ Presets: houlsby (serial, attn+ffn), pfeiffer (serial, ffn), parallel (parallel,
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from petl.errors import PetlError
+from petl.layers import check_layer_spec
 from petl.methods.hooks import arch_for, chosen_layers, layer_module, owned_parameters, parse_targets
 from petl.registry import MethodConfig, MethodEntry, register
 
@@ -45,9 +47,12 @@ class AdapterConfig(MethodConfig):
             raise PetlError(f"--adapter_init {self.init!r} is not one of identity, default")
         if str(self.scaling) != "learned":
             try:
-                float(self.scaling)
+                scale = float(self.scaling)
             except ValueError:
                 raise PetlError(f"--adapter_scaling {self.scaling!r} is neither a number nor 'learned'") from None
+            if not math.isfinite(scale):
+                raise PetlError(f"--adapter_scaling {self.scaling!r} is not finite; allowed: a finite number or 'learned'")
+        check_layer_spec(self.layers, "adapter_layers")
 
 
 class BottleneckAdapter(nn.Module):

@@ -12,6 +12,7 @@ from torch import nn
 
 from petl.arch import slot_range, split_slot
 from petl.errors import PetlError
+from petl.layers import check_layer_spec
 from petl.methods.hooks import arch_for, chosen_layers, owned_parameters, parse_targets, target_module
 from petl.registry import MethodConfig, MethodEntry, register
 
@@ -25,6 +26,7 @@ class BitfitConfig(MethodConfig):
 
     def validate(self) -> None:
         parse_targets(self.targets, BITFIT_TARGETS, "bitfit_targets")
+        check_layer_spec(self.layers, "bitfit_layers")
 
 
 def _bias_delta_hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from petl.arch import arch_for, layer_module, num_layers
-from petl.layers import parse_layers
+from petl.layers import check_layer_spec, parse_layers
 from petl.registry import MethodConfig, MethodEntry, register
 
 
@@ -15,6 +15,9 @@ from petl.registry import MethodConfig, MethodEntry, register
 class FfnConfig(MethodConfig):
     layers: str = "all"
     include_layernorm: bool = False  # also train the FFN block's LayerNorm
+
+    def validate(self) -> None:
+        check_layer_spec(self.layers, "ffn_layers")
 
 
 def apply_ffn(model: nn.Module, config: FfnConfig) -> dict[str, int | None]:

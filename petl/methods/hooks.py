@@ -14,7 +14,7 @@ from petl.layers import parse_layers
 def parse_targets(spec: str, allowed: tuple[str, ...], flag: str) -> list[str]:
     items = [s.strip() for s in spec.split(",") if s.strip()]
     if not items:
-        raise PetlError(f"--{flag} is empty; allowed: {', '.join(allowed)}")
+        raise PetlError(f"--{flag} {spec!r} selects nothing; allowed: one or more of {', '.join(allowed)}")
     for item in items:
         if item not in allowed:
             raise PetlError(f"--{flag}: unknown target {item!r}; allowed: {', '.join(allowed)}")

@@ -15,6 +15,7 @@ from torch import nn
 
 from petl.arch import projection_features, slot_range
 from petl.errors import PetlError
+from petl.layers import check_layer_spec
 from petl.methods.hooks import arch_for, chosen_layers, owned_parameters, parse_targets, target_module
 from petl.registry import MethodConfig, MethodEntry, register
 
@@ -35,6 +36,9 @@ class LoraConfig(MethodConfig):
             raise PetlError(f"--lora_rank {self.rank} is invalid; allowed: 1..min(in, out) of the target")
         if not 0 <= self.dropout < 1:
             raise PetlError(f"--lora_dropout {self.dropout} is out of range; allowed: [0, 1)")
+        if not math.isfinite(self.alpha):
+            raise PetlError(f"--lora_alpha {self.alpha} is not a finite number; allowed: a finite number")
+        check_layer_spec(self.layers, "lora_layers")
 
 
 def _lora_update(module: nn.Module, slot: str | None, x: torch.Tensor) -> torch.Tensor:

@@ -26,6 +26,7 @@ from torch import nn
 
 from petl.arch import attention_geometry, backbone_of, get_module
 from petl.errors import PetlError
+from petl.layers import check_layer_spec
 from petl.methods.hooks import arch_for, bind_arguments, chosen_layers, layer_module, owned_parameters, unbind
 from petl.registry import MethodConfig, MethodEntry, register
 
@@ -42,6 +43,7 @@ class PrefixConfig(MethodConfig):
             raise PetlError(f"--prefix_length {self.length} is invalid; allowed: >= 1")
         if self.mlp_dim < 0:
             raise PetlError(f"--prefix_mlp_dim {self.mlp_dim} is invalid; allowed: 0 (direct) or > 0")
+        check_layer_spec(self.layers, "prefix_layers")
 
 
 class Prefix(nn.Module):
