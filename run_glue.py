@@ -9,13 +9,10 @@ Arguments: argument_classes/. Methods: petl/methods/ (registry in petl/registry.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
-import json
 import logging
 import math
-import os
 import sys
 import time
 from collections.abc import Collection
@@ -33,70 +30,20 @@ METRIC_NAMES = ("accuracy", "f1", "matthews_correlation", "pearson", "spearmanr"
 logger = logging.getLogger("run_glue")
 
 
-def _is_args_file(argv: list[str]) -> bool:
-    return len(argv) == 1 and argv[0].endswith(".json")
-
-
-def _read_args_file(file: str) -> tuple[dict, str]:
-    """An args file's values and text; a missing or unparsable file is one line naming it (and the line)."""
-    path = Path(file)
-    if not path.is_file():
-        raise PetlError(f"argument file {file!r} does not exist")
-    try:
-        text = path.read_text()
-        return json.loads(text), text
-    except json.JSONDecodeError as err:
-        raise PetlError(f"argument file {file!r}, line {err.lineno}: not valid JSON ({err.msg})") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise PetlError(f"argument file {file!r} cannot be read: {err}") from None
-
-
 def parse_args(argv: list[str] | None = None) -> tuple:
     """The four argument objects from the command line, or from one JSON args file (its keys and
     value types checked: a wrong one is one line naming key, file, line, value and expected type)."""
-    from argument_classes import ArgumentParser, arguments_from_dict
+    from argument_classes import ArgumentParser, arguments_from_dict, is_args_file, read_args_file
 
     argv = sys.argv[1:] if argv is None else argv
-    if _is_args_file(argv):
-        values, text = _read_args_file(argv[0])
+    if is_args_file(argv):
+        values, text = read_args_file(argv[0])
         return arguments_from_dict(values, f"argument file {argv[0]!r}", source_text=text)
     return ArgumentParser(ARGUMENT_CLASSES).parse_args_into_dataclasses(args=argv)
 
 
-def given_argument_names(argv: list[str] | None = None) -> set[str]:
-    """The argument names set explicitly: the flags on the command line (however spelt: `--lora-rank`,
-    `--lora_rank=8`, `--no_x`), or the keys of the args file. A method's flag given explicitly is
-    refused when the method is not selected, even at its default value."""
-    from argument_classes import ArgumentParser
-
-    argv = sys.argv[1:] if argv is None else argv
-    if _is_args_file(argv):
-        values, _ = _read_args_file(argv[0])
-        return set(values) if isinstance(values, dict) else set()
-    parser = ArgumentParser(ARGUMENT_CLASSES)
-    for action in parser._actions:  # no defaults: the namespace then holds exactly the flags given
-        action.default = argparse.SUPPRESS
-    given, _ = parser.parse_known_args(args=argv)
-    return set(vars(given))
-
-
 def _model_tag(name: str) -> str:
     return Path(name).name or name.replace("/", "_")
-
-
-def check_writable_folder(folder: str | os.PathLike, flag: str) -> None:
-    """Refuse, before any work, a folder that could not be created or written to: one under a file,
-    a file itself, or a read-only place. Creates nothing."""
-    path = Path(folder).absolute()
-    if path.exists() and not path.is_dir():
-        raise PetlError(f"{flag} {str(folder)!r} is a file; give a folder")
-    existing = path
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise PetlError(f"{flag} {str(folder)!r}: {str(existing)!r} is a file, so the folder cannot be created under it")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise PetlError(f"{flag} {str(folder)!r}: {str(existing)!r} is not writable; give a folder this user can write to")
 
 
 def check_deepspeed_device(training_args) -> None:
@@ -137,7 +84,7 @@ def finite_or_null(record: dict) -> dict:
 def prepare_output_dir(model_args, data_args, petl_args, training_args) -> Path:
     """Default the folder name; refuse to replace another run's results without the flag. Every
     folder the run will write is checked writable here, before any work."""
-    from petl.results import RESULTS_FILE
+    from petl.results import RESULTS_FILE, check_writable_folder
 
     if not training_args.output_dir or training_args.output_dir == "trainer_output":
         task = data_args.task_name or "custom"
@@ -545,8 +492,10 @@ def main(argv: list[str] | None = None) -> int:
     transformers.logging.set_verbosity_warning()
 
     def parse_and_run() -> None:
+        from argument_classes import given_argument_names
+
         arguments = parse_args(argv)
-        run(*arguments, given=given_argument_names(argv))
+        run(*arguments, given=given_argument_names(sys.argv[1:] if argv is None else argv))
 
     return exit_status(parse_and_run)
 

@@ -21,16 +21,13 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import difflib
 import json
 import logging
 import math
 import os
-import re
 import shutil
 import sys
 import tempfile
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,56 +64,17 @@ class SearchArguments:
 ARG_CLASSES = (*ARGUMENT_CLASSES, SearchArguments)
 
 
-def parse_args(argv: list[str] | None = None):
-    from transformers import HfArgumentParser
+def parse_args(argv: list[str] | None = None) -> tuple:
+    """The five argument objects from the command line or one JSON args file (keys and value types
+    checked as run_glue.py checks its own: one line naming key, file, line, value and expected type)."""
+    from argument_classes import ArgumentParser, arguments_from_dict, is_args_file, read_args_file
 
-    parser = HfArgumentParser(ARG_CLASSES)
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        return parse_json_args(parser, argv[0])
-    return parser.parse_args_into_dataclasses(args=argv)
-
-
-def parse_json_args(parser, path: str) -> tuple:
-    """The argument objects from a JSON file, every value checked against its argument's declared
-    type first (HfArgumentParser.parse_dict would take a string for a number and fail much later)."""
-    from petl.search import describe_type, value_fits
-
-    file = Path(path)
-    if not file.is_file():
-        raise PetlError(f"argument file {path!r} does not exist; allowed: a JSON object of run_glue_hyper_search.py arguments")
-    try:
-        text = file.read_text()
-        values = json.loads(text)
-    except (OSError, UnicodeDecodeError) as err:
-        raise PetlError(f"argument file {path!r} cannot be read: {err}") from None
-    except json.JSONDecodeError as err:
-        raise PetlError(f"argument file {path!r} line {err.lineno}: not valid JSON: {err.msg}") from None
-    if not isinstance(values, dict):
-        raise PetlError(f"argument file {path!r} holds a JSON {type(values).__name__}; allowed: an object of argument names to values")
-    declared = {}
-    for cls in ARG_CLASSES:
-        hints = typing.get_type_hints(cls)
-        declared.update({f.name: hints.get(f.name, typing.Any) for f in dataclasses.fields(cls) if f.init})
-    for name, value in values.items():
-        line = _line_of_key(text, name)
-        where = f"argument file {path!r}" + (f" line {line}" if line else "")
-        if name not in declared:
-            near = difflib.get_close_matches(name, declared, n=1)
-            hint = f" (did you mean {near[0]!r}?)" if near else ""
-            raise PetlError(f"{where}: {name!r} is not an argument of run_glue_hyper_search.py{hint}")
-        if not value_fits(value, declared[name]):
-            shown = json.dumps(value) if isinstance(value, (str, int, float, bool, type(None))) else type(value).__name__
-            raise PetlError(f"{where}: {name} is {shown}; allowed: {describe_type(declared[name])}")
-    try:
-        return parser.parse_dict(values)
-    except (ValueError, TypeError) as err:  # the argument classes' own checks (__post_init__)
-        raise PetlError(f"argument file {path!r}: {str(err).splitlines()[0]}") from None
-
-
-def _line_of_key(text: str, name: str) -> int | None:
-    found = re.search(r'"' + re.escape(name) + r'"\s*:', text)
-    return text.count("\n", 0, found.start()) + 1 if found else None
+    if is_args_file(argv):
+        values, text = read_args_file(argv[0])
+        where = f"argument file {argv[0]!r}"
+        return arguments_from_dict(values, where, source_text=text, classes=ARG_CLASSES, program="run_glue_hyper_search.py")
+    return ArgumentParser(ARG_CLASSES).parse_args_into_dataclasses(args=argv)
 
 
 def check_search_arguments(search_args: SearchArguments) -> None:
@@ -261,15 +219,19 @@ def trial_folder_name(trial) -> str:
 
 
 def run_search(argv: list[str] | None = None) -> dict:
+    # everything is checked before the output folder is made and before Ray starts
+    from argument_classes import given_argument_names
+    from argument_classes.checks import check_numbers
     from petl.metrics import default_selection_metric
     from petl.search import load_space, mutations, to_tune
     from petl.tasks import get_task
 
-    # everything is checked before the output folder is made and before Ray starts
+    argv = sys.argv[1:] if argv is None else argv
     model_args, data_args, petl_args, training_args, search_args = parse_args(argv)
     check_search_arguments(search_args)
+    check_numbers(model_args, data_args, petl_args, training_args)
     methods = petl_args.method_names()
-    petl_args.method_configs()  # flag validation before any trial starts
+    petl_args.method_configs(given_argument_names(argv, ARG_CLASSES))  # flag validation before any trial starts
     if petl_args.dry_run:
         raise PetlError("--dry_run: a search needs trials that train; check the arguments with run_glue.py --dry_run instead")
     space = load_space(search_args.search_space, methods, search_args.search_scheduler)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 import difflib
+import json
 import re
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from transformers import HfArgumentParser
@@ -23,6 +27,8 @@ __all__ = [
     "PetlArguments",
     "PetlTrainingArguments",
     "arguments_from_dict",
+    "given_argument_names",
+    "read_args_file",
 ]
 
 
@@ -44,25 +50,64 @@ def _located(where: str, source_text: str | None, key: str) -> str:
     return where
 
 
-def arguments_from_dict(values: dict, where: str = "arguments", source_text: str | None = None) -> tuple:
-    """The four run_glue.py argument objects from one flat mapping of argument names (as a JSON
-    file or a sweep cell gives them). An unknown name or a value of the wrong type (`"lora_rank":
+def is_args_file(argv: Sequence[str]) -> bool:
+    """`script.py args.json`: every argument from one JSON file."""
+    return len(argv) == 1 and argv[0].endswith(".json")
+
+
+def read_args_file(file: str) -> tuple[Any, str]:
+    """An args file's values and text; a missing or unparsable file is one line naming it (and the line)."""
+    path = Path(file)
+    if not path.is_file():
+        raise PetlError(f"argument file {file!r} does not exist")
+    try:
+        text = path.read_text()
+        return json.loads(text), text
+    except json.JSONDecodeError as err:
+        raise PetlError(f"argument file {file!r}, line {err.lineno}: not valid JSON ({err.msg})") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise PetlError(f"argument file {file!r} cannot be read: {err}") from None
+
+
+def given_argument_names(argv: Sequence[str], classes: Sequence[type] = ARGUMENT_CLASSES) -> set[str]:
+    """The argument names set explicitly: the flags on the command line (however spelt: `--lora-rank`,
+    `--lora_rank=8`, `--no_x`), or the keys of the args file. A method's flag given explicitly is
+    refused when the method is not selected, even at its default value."""
+    if is_args_file(argv):
+        values, _ = read_args_file(argv[0])
+        return set(values) if isinstance(values, dict) else set()
+    parser = ArgumentParser(classes)
+    for action in parser._actions:  # no defaults: the namespace then holds exactly the flags given
+        action.default = argparse.SUPPRESS
+    given, _ = parser.parse_known_args(args=list(argv))
+    return set(vars(given))
+
+
+def arguments_from_dict(
+    values: dict,
+    where: str = "arguments",
+    source_text: str | None = None,
+    classes: Sequence[type] = ARGUMENT_CLASSES,
+    program: str = "run_glue.py",
+) -> tuple:
+    """The argument objects of `classes` (default: run_glue.py's four) from one flat mapping of argument
+    names (as a JSON file or a sweep cell gives them). An unknown name or a value of the wrong type (`"lora_rank":
     "eight"`, a list where a string belongs) is one clear error naming the key, `where` (with its
     line when `source_text`, the file's text, is given), the value and the expected type."""
     from petl.typecheck import checked_value, field_types, shown
 
     if not isinstance(values, dict):
         raise PetlError(f"{where}: expected an object of argument names and values, got {shown(values)}")
-    types_by_class = [field_types(cls) for cls in ARGUMENT_CLASSES]
+    types_by_class = [field_types(cls) for cls in classes]
     known = set().union(*types_by_class)
     for key, value in values.items():
         if key not in known:
             close = difflib.get_close_matches(str(key), known, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             at = _located(where, source_text, str(key))
-            raise PetlError(f"{at}: {str(key)!r} (= {shown(value)}) is not a run_glue.py argument{hint}")
+            raise PetlError(f"{at}: {str(key)!r} (= {shown(value)}) is not a {program} argument{hint}")
     objs: list[Any] = []
-    for cls, types in zip(ARGUMENT_CLASSES, types_by_class, strict=True):
+    for cls, types in zip(classes, types_by_class, strict=True):
         kwargs = {}
         for key, tp in types.items():
             if key not in values:

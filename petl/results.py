@@ -277,25 +277,44 @@ def _failure_reason(err: OSError) -> str:
     return err.strerror or type(err).__name__
 
 
+def _check_creatable(path: Path, what: str) -> None:
+    """`path` (absent) could be created: the nearest existing folder above it is a writable folder."""
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise PetlError(f"{what}: {str(folder)!r} is a file, so the folder for it cannot be created")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PetlError(f"{what}: the folder {str(folder)!r} is not writable; give a place this user can write to")
+
+
+def check_writable_folder(folder: str | os.PathLike, flag: str) -> None:
+    """Refuse, before any work, an output folder that could not be created or written to: a file,
+    one under a file, or a read-only place. Creates nothing."""
+    path = Path(folder).absolute()
+    what = f"{flag} {str(folder)!r}"
+    if path.exists() and not path.is_dir():
+        raise PetlError(f"{what} is a file; give a folder")
+    if path.is_dir():
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise PetlError(f"{what} is not writable; give a folder this user can write to")
+        return
+    _check_creatable(path, what)
+
+
 def check_appendable(path: str | os.PathLike, what: str = "results file") -> None:
     """Refuse, before any work, a JSONL file that could not take a record: a folder, a file that is
     not writable, a folder that cannot be created (under a file, or read-only). Creates nothing.
     A disk that fills up later is still possible: append_jsonl then fails without leaving a torn line."""
     file = Path(path).absolute()
-    shown = repr(str(path))
+    shown = f"{what} {str(path)!r}"
     if file.is_dir():
-        raise PetlError(f"{what} {shown} is a folder; give the path of a JSONL file (one line is appended per run)")
+        raise PetlError(f"{shown} is a folder; give the path of a JSONL file (one line is appended per run)")
     if file.exists():
         if not os.access(file, os.W_OK):
-            raise PetlError(f"{what} {shown} is not writable; give a file that this user can append to")
+            raise PetlError(f"{shown} is not writable; give a file that this user can append to")
         return
-    folder = file.parent
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    if not folder.is_dir():
-        raise PetlError(f"{what} {shown}: {str(folder)!r} is a file, so the folder for it cannot be created")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise PetlError(f"{what} {shown}: the folder {str(folder)!r} is not writable")
+    _check_creatable(file, shown)
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -20,7 +20,6 @@ with a valid marker for that very folder, owned by the user and writable by no o
 
 from __future__ import annotations
 
-import enum
 import hashlib
 import hmac
 import json
@@ -29,7 +28,6 @@ import os
 import secrets
 import stat
 import time
-import types
 import typing
 from dataclasses import fields
 from pathlib import Path
@@ -37,6 +35,7 @@ from typing import Any
 
 from petl.errors import PetlError
 from petl.results import read_yaml_or_json
+from petl.typecheck import conforms, type_name
 
 DISTRIBUTIONS = ("loguniform", "uniform", "choice", "randint")
 MUTABLE = ("learning_rate", "head_lr", "petl_lr", "weight_decay")
@@ -91,69 +90,11 @@ def searchable_arguments() -> dict[str, Any]:
 # -- values against declared argument types (search spaces and JSON argument files) -------------
 
 
-def _members(annotation: Any) -> tuple:
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        return typing.get_args(annotation)
-    return (annotation,)
-
-
-def value_fits(value: Any, annotation: Any) -> bool:
-    """Whether a JSON/YAML value can stand for an argument of this type, as HfArgumentParser would
-    have produced it from the command line. Types it cannot judge accept anything."""
-    for member in _members(annotation):
-        origin = typing.get_origin(member)
-        if member is type(None):
-            ok = value is None
-        elif member is bool:
-            ok = isinstance(value, bool)
-        elif member is int:
-            ok = isinstance(value, int) and not isinstance(value, bool)
-        elif member is float:
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-        elif member is str:
-            ok = isinstance(value, str)
-        elif isinstance(member, type) and issubclass(member, enum.Enum):
-            ok = isinstance(value, (str, member)) and str(getattr(value, "value", value)) in {str(m.value) for m in member}
-        elif origin is typing.Literal:
-            ok = value in typing.get_args(member) and type(value) in {type(a) for a in typing.get_args(member)}
-        elif member is list or origin is list:
-            inner = typing.get_args(member)
-            ok = isinstance(value, list) and (not inner or all(value_fits(v, inner[0]) for v in value))
-        elif member is dict or origin is dict:
-            ok = isinstance(value, dict)
-        else:
-            ok = True
-        if ok:
-            return True
-    return False
-
-
-def describe_type(annotation: Any) -> str:
-    """What a value of this type looks like, in words: 'an integer or null'."""
-    words = []
-    for member in _members(annotation):
-        origin = typing.get_origin(member)
-        if member is type(None):
-            words.append("null")
-        elif member is bool:
-            words.append("true or false")
-        elif member is int:
-            words.append("an integer")
-        elif member is float:
-            words.append("a finite number")
-        elif member is str:
-            words.append("a string")
-        elif isinstance(member, type) and issubclass(member, enum.Enum):
-            words.append("one of " + ", ".join(str(m.value) for m in member))
-        elif origin is typing.Literal:
-            words.append("one of " + ", ".join(json.dumps(a) for a in typing.get_args(member)))
-        elif member is list or origin is list:
-            words.append("a list")
-        elif member is dict or origin is dict:
-            words.append("a mapping")
-        else:
-            words.append(getattr(member, "__name__", str(member)))
-    return " or ".join(dict.fromkeys(words))
+def _is_choice_of(value: Any, annotation: Any) -> bool:
+    """A `choice` value: exactly of the argument's type (numbers finite), never a list or mapping."""
+    if isinstance(value, (list, dict)) or not conforms(value, annotation):
+        return False
+    return not (isinstance(value, float) and not math.isfinite(value))
 
 
 def _is_number(value: Any) -> bool:
@@ -208,11 +149,10 @@ def validate_space(space: Any, where: str) -> None:
 
 
 def _check_values(name: str, kind: str, values: list, annotation: Any, where: str) -> None:
-    takes = describe_type(annotation)
-    members = _members(annotation)
+    takes = type_name(annotation)
     if kind == "choice":
         for value in values:
-            if not value_fits(value, annotation) or isinstance(value, (list, dict)):
+            if not _is_choice_of(value, annotation):
                 raise PetlError(f"{where}: {name}: choice value {json.dumps(value, default=str)} is not allowed; {name} takes {takes}")
         return
     if len(values) != 2 or not all(_is_number(v) for v in values):
@@ -224,10 +164,9 @@ def _check_values(name: str, kind: str, values: list, annotation: Any, where: st
         raise PetlError(f"{where}: {name}: {kind} needs [low, high] with low < high, got {json.dumps(values)}")
     if kind == "loguniform" and low <= 0:
         raise PetlError(f"{where}: {name}: loguniform needs low > 0, got {low}")
-    numeric = float in members or int in members
-    if not numeric:
+    if not conforms(1, annotation):  # neither an integer nor a float argument
         raise PetlError(f"{where}: {name}: {kind} draws numbers, but {name} takes {takes}; use choice")
-    if float not in members and (kind != "randint" or not all(isinstance(v, int) for v in values)):
+    if not conforms(0.5, annotation) and (kind != "randint" or not all(isinstance(v, int) for v in values)):
         raise PetlError(f"{where}: {name} takes integers: use randint with integer bounds (high excluded) or choice, got {kind} {values}")
 
 

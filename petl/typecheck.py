@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
+import math
 import types
 import typing
 from typing import Any
@@ -97,6 +98,8 @@ def shown(value: Any, limit: int = 60) -> str:
 def checked_value(value: Any, tp: Any) -> Any:
     """The value if it fits the type (a number where a string belongs becomes that string: JSON
     users write `"lora_layers": 5`); else a TypeError whose message is the expected type."""
+    if isinstance(value, float) and not math.isfinite(value) and conforms(value, tp):
+        raise TypeError("a finite number")  # JSON's NaN/Infinity extension: never a hyperparameter
     if conforms(value, tp):
         return value
     if isinstance(value, (int, float)) and not isinstance(value, bool) and conforms(str(value), tp):

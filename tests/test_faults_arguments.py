@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import run_glue
-from argument_classes import arguments_from_dict
+from argument_classes import arguments_from_dict, given_argument_names
 from petl.errors import PetlError
 
 FAST = ["--model_name_or_path", "minilm-l6", "--num_hidden_layers", "2", "--disable_tqdm", "true", "--seed", "1"]
@@ -92,7 +92,7 @@ def test_selected_method_flags_at_default_are_accepted(glue_dir, tmp_path, capsy
 
 
 def test_given_argument_names_however_spelt():
-    names = run_glue.given_argument_names(["--lora-rank", "8", "--lora_alpha=3", "--no_adapter_layernorm_affine", "--dry_run"])
+    names = given_argument_names(["--lora-rank", "8", "--lora_alpha=3", "--no_adapter_layernorm_affine", "--dry_run"])
     assert names == {"lora_rank", "lora_alpha", "adapter_layernorm_affine", "dry_run"}
 
 
@@ -107,7 +107,7 @@ BAD_ARGS_FILES = [
     ({"lora_rnak": 4}, ["'lora_rnak' (= 4) is not a run_glue.py argument", "did you mean 'lora_rank'", "line 2"], True),
     ({"learning_rate": "1e-3"}, ["'learning_rate' is \"1e-3\"", "without quotes"], True),
     ({"method": "adapter", "lora_rank": 8}, ["--lora_rank was given but --method 'adapter'"], False),
-    ({"method": "lora", "lora_alpha": float("nan")}, ["--lora_alpha nan", "finite"], False),
+    ({"method": "lora", "lora_alpha": float("nan")}, ["'lora_alpha' is NaN", "expected a finite number", "line 3"], True),
 ]
 
 
