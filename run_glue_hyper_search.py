@@ -4,8 +4,8 @@
     python run_glue_hyper_search.py --task_name rte --method adapter --search_trials 4 --num_train_epochs 5
     python run_glue_hyper_search.py --search_scheduler asha --search_space sweeps/space.yaml ...
 
-Every trial calls `run_glue.run` (same arguments, methods, data splits and selection metric) with a
-callback that reports each validation result to Tune together with a checkpoint holding only what
+Every trial calls `petl.experiment.run`, the pipeline of run_glue.py (same arguments, methods, data
+splits and selection metric), with a callback that reports each validation result to Tune together with a checkpoint holding only what
 is trained (method delta, head, optimizer, scheduler). PBT exploits restore the donor's checkpoint
 and then apply the mutated learning rates and weight decay (petl/training.py,
 `_load_optimizer_and_scheduler`). Finally the best trial's final configuration is retrained with a
@@ -19,7 +19,6 @@ search of this user created and signed (petl/search.py, MARKER_FILE), writable b
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import logging
@@ -93,14 +92,53 @@ def check_search_arguments(search_args: SearchArguments) -> None:
         raise PetlError(f"--max_failures {search_args.max_failures} is invalid; allowed: >= 0, or -1 for unlimited retries")
 
 
-def allowed_metrics(task_name: str | None) -> tuple[str, ...]:
-    """Validation metrics a trial reports: the task's (custom data: any), their mean, and the loss."""
-    from petl.metrics import DEFAULT_METRICS, TASK_METRICS
+@dataclass(frozen=True)
+class Objective:
+    """What the search optimises: one validation metric, which each trial reports as `eval_<metric>`."""
 
-    if task_name is None:
-        return ("accuracy", "pearson", "spearmanr", "mse", "combined_score", "loss")
-    names = TASK_METRICS.get(task_name, DEFAULT_METRICS)
-    return (*names, *(("combined_score",) if len(names) > 1 else ()), "loss")
+    metric: str
+    mode: str  # "max" or "min"
+
+    @property
+    def key(self) -> str:
+        return f"eval_{self.metric}"
+
+
+def search_objective(data_args, training_args, search_args: SearchArguments) -> Objective:
+    """--search_metric, else --metric_for_best_model, else the task's selection metric: the choice a
+    run makes for its best state (petl.metrics.selection_metric); it must be one the task reports."""
+    from petl.metrics import greater_is_better, selection_metric, validation_metric_names
+    from petl.tasks import get_task
+
+    task = get_task(data_args.task_name) if data_args.task_name else None
+    task_name = task.name if task else None
+    metric = selection_metric(task_name, bool(task and task.is_regression), search_args.search_metric, training_args.metric_for_best_model)
+    reported = validation_metric_names(task_name)
+    if metric not in reported:
+        where = "--search_metric" if search_args.search_metric else "--metric_for_best_model"
+        raise PetlError(f"{where} {metric!r} is not reported for this task; allowed: {', '.join(reported)}")
+    return Objective(metric, "max" if greater_is_better(metric) else "min")
+
+
+def check_search(argv: list[str], arguments: tuple, search_args: SearchArguments) -> tuple[dict, Objective]:
+    """Every argument, the search space and the objective, checked before any folder is made or Ray
+    starts; returns (space, objective)."""
+    from argument_classes import given_argument_names
+    from argument_classes.checks import check_numbers
+    from petl.search import load_space
+
+    model_args, data_args, petl_args, training_args = arguments
+    check_search_arguments(search_args)
+    check_numbers(model_args, data_args, petl_args, training_args)
+    methods = petl_args.method_names()
+    petl_args.method_configs(given_argument_names(argv, ARG_CLASSES))  # flag validation before any trial starts
+    if petl_args.dry_run:
+        raise PetlError("--dry_run: a search needs trials that train; check the arguments with run_glue.py --dry_run instead")
+    space = load_space(search_args.search_space, methods, search_args.search_scheduler)
+    objective = search_objective(data_args, training_args, search_args)
+    if training_args.eval_strategy == "no":
+        raise PetlError("--eval_strategy no leaves the search nothing to compare; use epoch or steps")
+    return space, objective
 
 
 def prepare_search_folder(out_dir: Path, search_args: SearchArguments, overwrite: bool) -> bool:
@@ -135,17 +173,29 @@ def prepare_search_folder(out_dir: Path, search_args: SearchArguments, overwrite
 
 
 def apply_config(base: tuple, config: dict) -> tuple:
-    """Copies of the four run_glue argument objects with the trial's values set."""
-    objs = tuple(copy.deepcopy(o) for o in base)
+    """The four run_glue argument objects with the trial's values set: new objects, checked as the
+    command line's are; `base` is unchanged."""
+    changes: list[dict] = [{} for _ in base]
     for name, value in config.items():
-        for obj in objs:
+        for obj, changed in zip(base, changes, strict=True):
             declared = {f.name: str(f.type) for f in dataclasses.fields(obj)}
             if name in declared:
-                setattr(obj, name, _as_declared(value, declared[name]))
+                changed[name] = _as_declared(value, declared[name])
                 break
         else:
             raise PetlError(f"search space names {name!r}, which no argument class has")
-    return objs
+    return tuple(dataclasses.replace(obj, **changed) if changed else obj for obj, changed in zip(base, changes, strict=True))
+
+
+def with_absolute_paths(base: tuple) -> tuple:
+    """Trials run in other folders: the argument objects with every existing local path made absolute."""
+    paths = ({"model_name_or_path"}, {"glue_dir", "train_file", "validation_file", "test_file"}, set(), {"cache_dir"})
+    resolved = []
+    for obj, names in zip(base, paths, strict=True):
+        given = {name: getattr(obj, name) for name in names if getattr(obj, name)}
+        changed = {name: str(Path(value).resolve()) for name, value in given.items() if Path(value).exists()}
+        resolved.append(dataclasses.replace(obj, **changed) if changed else obj)
+    return tuple(resolved)
 
 
 def _as_declared(value, declared: str):
@@ -192,23 +242,26 @@ def make_trainable(base_args: tuple, metric_key: str):
     def trainable(config: dict) -> None:
         from ray import tune
 
-        import run_glue
+        from petl import experiment
 
         model_args, data_args, petl_args, training_args = apply_config(base_args, config)
         trial_dir = Path(tempfile.mkdtemp(prefix="trial-"))
-        training_args.output_dir = str(trial_dir)
-        training_args.save_strategy = training_args.eval_strategy
-        training_args.save_steps = training_args.eval_steps or training_args.save_steps
-        training_args.save_total_limit = 1
-        training_args.disable_tqdm = True
-        training_args.report_to = []
+        trial_settings = {
+            "output_dir": str(trial_dir),
+            "save_strategy": training_args.eval_strategy,
+            "save_steps": training_args.eval_steps or training_args.save_steps,
+            "save_total_limit": 1,
+            "disable_tqdm": True,
+            "report_to": [],
+        }
         checkpoint = tune.get_checkpoint()
         if checkpoint is not None:  # PBT exploit or a retried trial: continue from that state
             restored = trial_dir / "restored"
             with checkpoint.as_directory() as folder:
                 shutil.copytree(folder, restored)
-            training_args.resume_from_checkpoint = str(restored)
-        run_glue.run(model_args, data_args, petl_args, training_args, callbacks=[tune_report_callback(metric_key)], trial=True)
+            trial_settings["resume_from_checkpoint"] = str(restored)
+        training_args = dataclasses.replace(training_args, **trial_settings)
+        experiment.run(model_args, data_args, petl_args, training_args, callbacks=[tune_report_callback(metric_key)], trial=True)
 
     return trainable
 
@@ -218,72 +271,28 @@ def trial_folder_name(trial) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def run_search(argv: list[str] | None = None) -> dict:
-    # everything is checked before the output folder is made and before Ray starts
-    from argument_classes import given_argument_names
-    from argument_classes.checks import check_numbers
-    from petl.metrics import default_selection_metric
-    from petl.search import load_space, mutations, to_tune
-    from petl.tasks import get_task
-
-    argv = sys.argv[1:] if argv is None else argv
-    model_args, data_args, petl_args, training_args, search_args = parse_args(argv)
-    check_search_arguments(search_args)
-    check_numbers(model_args, data_args, petl_args, training_args)
-    methods = petl_args.method_names()
-    petl_args.method_configs(given_argument_names(argv, ARG_CLASSES))  # flag validation before any trial starts
-    if petl_args.dry_run:
-        raise PetlError("--dry_run: a search needs trials that train; check the arguments with run_glue.py --dry_run instead")
-    space = load_space(search_args.search_space, methods, search_args.search_scheduler)
-    task = get_task(data_args.task_name) if data_args.task_name else None
-    is_regression = bool(task and task.labels is None)
-    metric = (
-        search_args.search_metric
-        or training_args.metric_for_best_model
-        or default_selection_metric(task.name if task else None, is_regression)
-    ).removeprefix("eval_")
-    reported = allowed_metrics(task.name if task else None)
-    if metric not in reported:
-        where = "--search_metric" if search_args.search_metric else "--metric_for_best_model"
-        raise PetlError(f"{where} {metric!r} is not reported for this task; allowed: {', '.join(reported)}")
-    metric_key = f"eval_{metric}"
-    mode = "min" if metric in ("loss", "mse") else "max"
-    if training_args.eval_strategy == "no":
-        raise PetlError("--eval_strategy no leaves the search nothing to compare; use epoch or steps")
-
-    out_dir = Path(training_args.output_dir or f"outputs/search-{data_args.task_name or 'custom'}-{petl_args.method.replace(',', '+')}")
-    out_dir = out_dir.resolve()
-    results_file = out_dir / "search_results.json"
-    # what the search and its local Ray workers write is writable by no one else, so --resume can trust it
-    os.umask(os.umask(0o022) | 0o022)
-    resumable = prepare_search_folder(out_dir, search_args, training_args.overwrite_output_dir)
-
-    import ray
-    from ray import tune
+def make_scheduler(search_args: SearchArguments, space: dict):
     from ray.tune.schedulers import ASHAScheduler, PopulationBasedTraining
 
-    # trials run in other folders: make every local path absolute
-    for obj, name in ((data_args, "glue_dir"), (data_args, "train_file"), (data_args, "validation_file"), (data_args, "test_file"),
-                      (model_args, "model_name_or_path"), (training_args, "cache_dir")):  # fmt: skip
-        value = getattr(obj, name)
-        if value and Path(value).exists():
-            setattr(obj, name, str(Path(value).resolve()))
-    base = (model_args, data_args, petl_args, training_args)
+    from petl.search import mutations
 
     if search_args.search_scheduler == "pbt":
-        scheduler = PopulationBasedTraining(
+        return PopulationBasedTraining(
             time_attr="training_iteration",
             perturbation_interval=search_args.perturbation_interval,
             hyperparam_mutations=mutations(space) or None,
             quantile_fraction=0.5,
         )
-    else:
-        scheduler = ASHAScheduler(time_attr="training_iteration", grace_period=1, reduction_factor=2)
-    # PBT's exploit/explore decisions draw from Python's random; trial sampling from the search algorithm
+    return ASHAScheduler(time_attr="training_iteration", grace_period=1, reduction_factor=2)
+
+
+def start_ray(search_args: SearchArguments) -> None:
+    """A local Ray (or the cluster at --ray_address), seeded: PBT's exploit/explore decisions draw from
+    Python's random, trial sampling from the search algorithm (seeded in run_trials)."""
     import random
 
     import numpy as np
-    from ray.tune.search.basic_variant import BasicVariantGenerator
+    import ray
 
     random.seed(search_args.search_seed)
     np.random.seed(search_args.search_seed)
@@ -298,11 +307,22 @@ def run_search(argv: list[str] | None = None) -> dict:
         ignore_reinit_error=True,
         runtime_env={"env_vars": env},
     )
+
+
+def run_trials(base: tuple, space: dict, objective: Objective, search_args: SearchArguments, storage: Path, resumable: bool):
+    """Ray Tune's trials (or, when `resumable`, the interrupted search in `storage` continued); their ResultGrid."""
+    import ray
+    from ray import tune
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    from petl.search import to_tune
+
+    scheduler = make_scheduler(search_args, space)
+    start_ray(search_args)
     try:
         trainable = tune.with_resources(
-            make_trainable(base, metric_key), {"cpu": search_args.cpus_per_trial, "gpu": search_args.gpus_per_trial}
+            make_trainable(base, objective.key), {"cpu": search_args.cpus_per_trial, "gpu": search_args.gpus_per_trial}
         )
-        storage = out_dir / "ray"
         if resumable:  # prepare_search_folder checked that this folder's pickles are the user's own
             tuner = tune.Tuner.restore(str(storage / "search"), trainable=trainable, resume_errored=True)
         else:
@@ -311,7 +331,7 @@ def run_search(argv: list[str] | None = None) -> dict:
                 param_space=to_tune(space),
                 tune_config=tune.TuneConfig(
                     metric="objective",
-                    mode=mode,
+                    mode=objective.mode,
                     scheduler=scheduler,
                     search_alg=BasicVariantGenerator(random_state=search_args.search_seed),
                     num_samples=search_args.search_trials,
@@ -328,10 +348,13 @@ def run_search(argv: list[str] | None = None) -> dict:
                     verbose=1,
                 ),
             )
-        grid = tuner.fit()
+        return tuner.fit()
     finally:
         ray.shutdown()
 
+
+def collect_trials(grid, mode: str) -> list[dict]:
+    """One summary per trial: its configuration, its last and best objective, its first error line."""
     trials = []
     for result in grid:
         history = result.metrics_dataframe
@@ -347,39 +370,69 @@ def run_search(argv: list[str] | None = None) -> dict:
                 "error": None if result.error is None else str(result.error).splitlines()[0],
             }
         )
+    return trials
+
+
+def best_trial(trials: list[dict], mode: str) -> dict:
     ok = [t for t in trials if t["best_objective"] is not None]
     if not ok:
         raise PetlError(f"every trial failed; first error: {trials[0]['error'] if trials else 'no trials'}")
-    best = (max if mode == "max" else min)(ok, key=lambda t: t["best_objective"])
+    return (max if mode == "max" else min)(ok, key=lambda t: t["best_objective"])
+
+
+def final_retrain(base: tuple, config: dict, folder: Path) -> dict:
+    """The chosen configuration retrained with a fresh seed (the score is not the search's luck) and
+    evaluated on the held-out test split: an ordinary run with its results.json in `folder`."""
+    from petl import experiment
+
+    model_args, data_args, petl_args, training_args = apply_config(base, config)
+    training_args = dataclasses.replace(training_args, seed=training_args.seed + 1000, output_dir=str(folder), overwrite_output_dir=True)
+    record = experiment.run(model_args, data_args, petl_args, training_args)
+    return {
+        "seed": training_args.seed,
+        "output_dir": training_args.output_dir,
+        "validation_metrics": record.get("validation_metrics"),
+        "test_metrics": record.get("test_metrics"),
+    }
+
+
+def run_search(argv: list[str] | None = None) -> dict:
+    """The search as the command line gives it; returns the summary written to search_results.json."""
+    from petl.results import write_json_atomic
+
+    # ---- arguments, space, objective and output folder: all checked before the folder is made or Ray starts
+    argv = sys.argv[1:] if argv is None else argv
+    *arguments, search_args = parse_args(argv)
+    space, objective = check_search(argv, tuple(arguments), search_args)
+    model_args, data_args, petl_args, training_args = arguments
+    out_dir = Path(training_args.output_dir or f"outputs/search-{data_args.task_name or 'custom'}-{petl_args.method.replace(',', '+')}")
+    out_dir = out_dir.resolve()
+    # what the search and its local Ray workers write is writable by no one else, so --resume can trust it
+    os.umask(os.umask(0o022) | 0o022)
+    resumable = prepare_search_folder(out_dir, search_args, training_args.overwrite_output_dir)
+    base = with_absolute_paths(tuple(arguments))
+
+    # ---- trials
+    grid = run_trials(base, space, objective, search_args, out_dir / "ray", resumable)
+    trials = collect_trials(grid, objective.mode)
+    best = best_trial(trials, objective.mode)
     summary = {
         "scheduler": search_args.search_scheduler,
-        "metric": metric,
-        "mode": mode,
+        "metric": objective.metric,
+        "mode": objective.mode,
         "space": space,
         "best_config": best["config"],
         "best_validation_score": best["best_objective"],
         "trials": trials,
         "failed_trials": sum(1 for t in trials if t["error"]),
     }
-    print(format_trials(trials, metric))
-    print(f"best {metric} on validation: {best['best_objective']:.4f} with {json.dumps(best['config'])}")
+    print(format_trials(trials, objective.metric))
+    print(f"best {objective.metric} on validation: {best['best_objective']:.4f} with {json.dumps(best['config'])}")
+
+    # ---- final retrain, and the summary
     if search_args.final_retrain:
-        model_args, data_args, petl_args, training_args = apply_config(base, best["config"])
-        training_args.seed = training_args.seed + 1000  # a fresh seed: the score is not the search's luck
-        training_args.output_dir = str(out_dir / "best")
-        training_args.overwrite_output_dir = True
-        import run_glue
-
-        record = run_glue.run(model_args, data_args, petl_args, training_args)
-        summary["final_retrain"] = {
-            "seed": training_args.seed,
-            "output_dir": training_args.output_dir,
-            "validation_metrics": record.get("validation_metrics"),
-            "test_metrics": record.get("test_metrics"),
-        }
-    from petl.results import write_json_atomic
-
-    write_json_atomic(results_file, summary)
+        summary["final_retrain"] = final_retrain(base, best["config"], out_dir / "best")
+    write_json_atomic(out_dir / "search_results.json", summary)
     return summary
 
 

@@ -11,6 +11,11 @@ from petl.errors import PetlError
 
 NON_NEGATIVE = ("learning_rate", "head_lr", "petl_lr", "weight_decay")
 PROBABILITIES = ("lora_dropout", "classifier_dropout")
+AT_LEAST_ONE = (  # counts and sizes that select nothing at 0 (None, where allowed, means "not set")
+    "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps", "max_seq_length",
+    "max_train_samples", "max_eval_samples", "early_stopping_patience",
+)  # fmt: skip
+SEEDS = ("seed", "split_seed", "data_seed")
 
 
 def check_numbers(*argument_objects: Any) -> None:
@@ -29,3 +34,18 @@ def check_numbers(*argument_objects: Any) -> None:
                 raise PetlError(f"--{f.name} {value} is negative; allowed: 0 or more")
             if f.name in PROBABILITIES and not 0 <= value < 1:
                 raise PetlError(f"--{f.name} {value} is out of range; allowed: [0, 1)")
+            if f.name in AT_LEAST_ONE and value < 1:
+                raise PetlError(f"--{f.name} {value} is invalid; allowed: an integer >= 1")
+            if f.name in SEEDS and not 0 <= value < 2**32:
+                raise PetlError(f"--{f.name} {value} is out of range; allowed: 0 .. 2**32 - 1")
+            if f.name == "train_fraction" and not 0 < value <= 1:
+                raise PetlError(f"--train_fraction {value} is out of range; allowed: (0, 1]")
+    _check_training_length(argument_objects)
+
+
+def _check_training_length(argument_objects: tuple) -> None:
+    """--num_train_epochs must train something unless --max_steps (> 0) sets the length instead."""
+    for obj in argument_objects:
+        epochs, max_steps = getattr(obj, "num_train_epochs", None), getattr(obj, "max_steps", None)
+        if epochs is not None and epochs <= 0 and not (max_steps and max_steps > 0):
+            raise PetlError(f"--num_train_epochs {epochs} trains nothing; allowed: a number > 0 (or --max_steps N > 0)")

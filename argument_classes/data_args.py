@@ -3,6 +3,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from petl.data import check_pair_template
+from petl.errors import PetlError
+
+SPLIT_MODES = ("official", "heldout")
+
 
 @dataclass
 class DataArguments:
@@ -36,3 +41,9 @@ class DataArguments:
     max_train_samples: int | None = field(default=None, metadata={"help": "Seeded random subset of training data."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Seeded random subset of each eval set."})
     train_fraction: float | None = field(default=None, metadata={"help": "Seeded random fraction of training data."})
+
+    def __post_init__(self):
+        if self.split_mode not in SPLIT_MODES:
+            raise PetlError(f"--split_mode {self.split_mode!r} is not one of {', '.join(SPLIT_MODES)}")
+        if self.pair_template is not None:
+            check_pair_template(self.pair_template)

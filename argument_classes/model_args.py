@@ -2,6 +2,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from petl.errors import PetlError
+
+POOLER_TYPES = ("auto", "model", "cls", "avg", "last")
+
 
 @dataclass
 class ModelArguments:
@@ -25,3 +29,7 @@ class ModelArguments:
         default=None,
         metadata={"help": "Override model config values, e.g. hidden_dropout_prob=0,attention_probs_dropout_prob=0."},
     )
+
+    def __post_init__(self):
+        if self.pooler_type not in POOLER_TYPES:
+            raise PetlError(f"--pooler_type {self.pooler_type!r} is not one of {', '.join(POOLER_TYPES)}")

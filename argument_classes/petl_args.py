@@ -6,72 +6,65 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass, field, fields
 
+import petl.methods  # noqa: F401 - registers every method, whose configs give the flags' defaults and help
 from petl.errors import PetlError
+from petl.registry import METHODS, option_field
 
 
 @dataclass
 class PetlArguments:
-    method: str = field(
-        default="full",
-        metadata={
-            "help": "Comma-separated methods: full, head, ffn, bitfit, lora, adapter, houlsby, pfeiffer, "
-            "parallel, prefix, prompt, ptuning, idpg (e.g. adapter,lora)."
-        },
-    )
+    method: str = field(default="full", metadata={"help": f"Comma-separated methods: {', '.join(METHODS)} (e.g. adapter,lora)."})
     load_petl: str | None = field(default=None, metadata={"help": "Restore a saved delta (folder) before eval/predict."})
     export_peft: str | None = field(default=None, metadata={"help": "Write LoRA in PEFT's adapter format here."})
     dry_run: bool = field(default=False, metadata={"help": "Print the parameter report and exit without training."})
+    # One flag per method option: name and type here, default and help from the config in petl/methods/<method>.py
+    # (tests/test_registry.py checks that the two agree and that no option lacks its flag).
     # ffn
-    ffn_layers: str = field(default="all", metadata={"help": "Layers whose FFN trains (e.g. 5, 0,3, 8-11, all)."})
-    ffn_include_layernorm: bool = field(default=False, metadata={"help": "Also train the FFN LayerNorm."})
+    ffn_layers: str = option_field("ffn", "layers")
+    ffn_include_layernorm: bool = option_field("ffn", "include_layernorm")
     # lora
-    lora_targets: str = field(default="q,v", metadata={"help": "Subset of q,k,v,o,ffn_in,ffn_out."})
-    lora_rank: int = field(default=8, metadata={"help": "LoRA rank r."})
-    lora_alpha: float = field(default=16.0, metadata={"help": "LoRA alpha; the update is scaled by alpha/rank."})
-    lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA input."})
-    lora_layers: str = field(default="all", metadata={"help": "Layers that get LoRA."})
+    lora_targets: str = option_field("lora", "targets")
+    lora_rank: int = option_field("lora", "rank")
+    lora_alpha: float = option_field("lora", "alpha")
+    lora_dropout: float = option_field("lora", "dropout")
+    lora_layers: str = option_field("lora", "layers")
     # adapters (also used by the houlsby, pfeiffer and parallel presets)
-    adapter_style: str = field(default="serial", metadata={"help": "serial or parallel."})
-    adapter_placement: str = field(default="ffn", metadata={"help": "ffn, attn, or ffn,attn."})
-    adapter_dim: int = field(default=64, metadata={"help": "Bottleneck size, 1 up to the FFN's width (over-complete above hidden)."})
-    adapter_activation: str = field(default="relu", metadata={"help": "relu, gelu, swish or tanh."})
-    adapter_scaling: str = field(default="1.0", metadata={"help": "Output scale: a number, or 'learned'."})
-    adapter_layernorm: bool = field(default=False, metadata={"help": "LayerNorm on the adapter input (origin paper)."})
-    adapter_layernorm_affine: bool = field(default=True, metadata={"help": "Affine parameters for that LayerNorm."})
-    adapter_init: str = field(default="identity", metadata={"help": "identity (zero up-projection) or default."})
-    adapter_layers: str = field(default="all", metadata={"help": "Layers that get adapters."})
+    adapter_style: str = option_field("adapter", "style")
+    adapter_placement: str = option_field("adapter", "placement")
+    adapter_dim: int = option_field("adapter", "dim")
+    adapter_activation: str = option_field("adapter", "activation")
+    adapter_scaling: str = option_field("adapter", "scaling")
+    adapter_layernorm: bool = option_field("adapter", "layernorm")
+    adapter_layernorm_affine: bool = option_field("adapter", "layernorm_affine")
+    adapter_init: str = option_field("adapter", "init")
+    adapter_layers: str = option_field("adapter", "layers")
     # bitfit
-    bitfit_targets: str = field(default="q,k,v,o,ffn_in,ffn_out,attn_ln,ffn_ln", metadata={"help": "Biases that get a trained delta."})
-    bitfit_layers: str = field(default="all", metadata={"help": "Layers that get BitFit."})
+    bitfit_targets: str = option_field("bitfit", "targets")
+    bitfit_layers: str = option_field("bitfit", "layers")
     # prefix tuning
-    prefix_length: int = field(default=10, metadata={"help": "Number of prefix key/value vectors per layer."})
-    prefix_layers: str = field(default="all", metadata={"help": "Layers that get prefixes."})
-    prefix_mlp_dim: int = field(default=0, metadata={"help": "0: direct prefixes; >0: reparameterisation MLP width."})
-    prefix_shift_positions: bool = field(
-        default=False, metadata={"help": "Real tokens' positions start at prefix_length (PEFT/P-tuning v2)."}
-    )
+    prefix_length: int = option_field("prefix", "length")
+    prefix_layers: str = option_field("prefix", "layers")
+    prefix_mlp_dim: int = option_field("prefix", "mlp_dim")
+    prefix_shift_positions: bool = option_field("prefix", "shift_positions")
     # prompt tuning
-    prompt_length: int = field(default=10, metadata={"help": "Number of soft prompt tokens."})
-    prompt_init: str = field(default="random", metadata={"help": "random, vocab, or text."})
-    prompt_init_text: str = field(default="", metadata={"help": "Text whose token embeddings initialise prompts."})
-    prompt_position: str = field(
-        default="auto",
-        metadata={"help": "after_cls: after the first token; start: before it (as PEFT); auto: after_cls, start on decoders."},
-    )
+    prompt_length: int = option_field("prompt", "length")
+    prompt_init: str = option_field("prompt", "init")
+    prompt_init_text: str = option_field("prompt", "init_text")
+    prompt_position: str = option_field("prompt", "position")
     # P-tuning
-    ptuning_length: int = field(default=10, metadata={"help": "Number of prompt vectors."})
-    ptuning_hidden: int = field(default=0, metadata={"help": "BiLSTM hidden size per direction (0: model hidden // 2)."})
-    ptuning_position: str = field(default="auto", metadata={"help": "Where prompts go: auto, after_cls, start."})
+    ptuning_length: int = option_field("ptuning", "length")
+    ptuning_hidden: int = option_field("ptuning", "hidden")
+    ptuning_position: str = option_field("ptuning", "position")
     # IDPG
-    idpg_encoder: str = field(default="minilm-l6", metadata={"help": "Sentence encoder: packaged alias, local folder or hub id."})
-    idpg_pooling: str = field(default="avg", metadata={"help": "Encoder pooling: cls, avg or last."})
-    idpg_hidden: int = field(default=256, metadata={"help": "Generator bottleneck width."})
-    idpg_prompt_length: int = field(default=5, metadata={"help": "Prompt vectors generated per input."})
-    idpg_variant: str = field(
-        default="original",
-        metadata={"help": "original (frozen encoder), trained (encoder trains), prompt_only (one shared prompt), reparam (no encoder)."},
-    )
-    idpg_position: str = field(default="auto", metadata={"help": "Where prompts go: auto, after_cls, start."})
+    idpg_encoder: str = option_field("idpg", "encoder")
+    idpg_pooling: str = option_field("idpg", "pooling")
+    idpg_hidden: int = option_field("idpg", "hidden")
+    idpg_prompt_length: int = option_field("idpg", "prompt_length")
+    idpg_variant: str = option_field("idpg", "variant")
+    idpg_position: str = option_field("idpg", "position")
+    # IA3
+    ia3_targets: str = option_field("ia3", "targets")
+    ia3_layers: str = option_field("ia3", "layers")
 
     def method_names(self) -> list[str]:
         from petl.core import parse_methods, validate_combination

@@ -4,6 +4,10 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
+from petl.errors import PetlError
+
+CACHE_DTYPES = ("float32", "bfloat16", "float16")  # petl.cache.CACHE_DTYPES' names
+
 
 @dataclass
 class PetlTrainingArguments(TrainingArguments):
@@ -18,6 +22,13 @@ class PetlTrainingArguments(TrainingArguments):
     petl_lr: float | None = field(default=None, metadata={"help": "Learning rate of parameters added by a method."})
     early_stopping_patience: int | None = field(default=None, metadata={"help": "Stop after this many evaluations without improvement."})
     results_file: str | None = field(default=None, metadata={"help": "Append the results record as one JSON line to this file."})
+    resume_from_checkpoint: str | None = field(
+        default=None,
+        metadata={
+            "help": "Continue a killed run: a checkpoint-N folder, or 'true' for the latest complete one in --output_dir. "
+            "The best state, evaluation history and early-stopping counter are restored too (README: Resuming a run)."
+        },
+    )
     eval_strategy: str = field(default="epoch", metadata={"help": "When to evaluate on validation (HF)."})
     save_strategy: str = field(default="no", metadata={"help": "Checkpoints (delta-only for PETL methods)."})
     logging_steps: float = field(default=50, metadata={"help": "Log every N steps."})
@@ -41,6 +52,8 @@ class PetlTrainingArguments(TrainingArguments):
     )
 
     def __post_init__(self):
+        if self.cache_dtype not in CACHE_DTYPES:
+            raise PetlError(f"--cache_dtype {self.cache_dtype!r} is not one of {', '.join(CACHE_DTYPES)}")
         if self.group_by_length:
             self.train_sampling_strategy = "group_by_length"
         super().__post_init__()

@@ -321,10 +321,12 @@ def main() -> int:
     stem = f"{meta['date']}-{meta['machine']}"
 
     def write(rows: list[dict]) -> list[dict]:
-        """Rewritten after every configuration, so an interrupted run keeps what it measured."""
+        """Rewritten (atomically) after every configuration, so an interrupted run keeps what it measured."""
+        from petl.results import write_text_atomic
+
         targets = evaluate_targets(rows)
-        (out_dir / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows, "targets": targets}, indent=2) + "\n")
-        (out_dir / f"{stem}.md").write_text(markdown(rows, targets, meta))
+        write_text_atomic(out_dir / f"{stem}.json", json.dumps({"meta": meta, "rows": rows, "targets": targets}, indent=2) + "\n")
+        write_text_atomic(out_dir / f"{stem}.md", markdown(rows, targets, meta))
         return targets
 
     only = [s for s in args.only.split(",") if s]

@@ -194,3 +194,20 @@ def num_layers(model: nn.Module) -> int:
 
 def layer_module(model: nn.Module, layer: int, path: str) -> nn.Module:
     return get_module(transformer_layers(model)[layer], path)
+
+
+def layers_prefix(model: nn.Module) -> str:
+    """The dotted name prefix of the transformer layers in `model.named_parameters()`, e.g. `bert.encoder.layer.`."""
+    backbone = backbone_of(model)
+    for name, module in model.named_modules():
+        if module is backbone:
+            return (f"{name}." if name else "") + arch_for(model).layers + "."
+    raise PetlError("backbone not found in model")
+
+
+def layer_of_parameter(model: nn.Module, name: str) -> int | None:
+    """The layer index a parameter belongs to; None outside the transformer layers (embeddings, head)."""
+    prefix = layers_prefix(model)
+    if name.startswith(prefix):
+        return int(name[len(prefix) :].split(".", 1)[0])
+    return None

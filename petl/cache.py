@@ -34,6 +34,7 @@ from torch import nn
 from petl.arch import arch_for, backbone_of, get_module, num_layers
 from petl.errors import PetlError
 from petl.results import publish_folder, remove_stale_temps, temporary_path
+from petl.state import attach_state, get_state
 
 logger = logging.getLogger(__name__)
 
@@ -51,9 +52,10 @@ CACHE_INPUT = "cached_hidden_states"
 def cache_start_layer(model: nn.Module) -> int:
     """Lowest layer holding a trainable parameter or method hook; refuses when that is the
     embeddings (full fine-tuning, prompt tuning) or layer 0 (nothing below it to cache)."""
-    owner = getattr(model, "petl_owner", None)
-    if owner is None:
+    state = get_state(model)
+    if not state.applied:
         raise PetlError("--cache_frozen_layers needs PETL methods applied first")
+    owner = state.owner
     if arch_for(model).embeddings is None:
         raise PetlError(
             f"--cache_frozen_layers is not supported for {model.config.model_type}: its embeddings are not one module "
@@ -489,11 +491,6 @@ def tag_dataset(dataset, split_id: int):
     return dataset.add_column(SPLIT_COLUMN, [split_id] * len(dataset)).add_column(INDEX_COLUMN, list(range(len(dataset))))
 
 
-def skipped_share(model: nn.Module, start: int) -> float:
-    """Share of the backbone's transformer layers that cached steps no longer run."""
-    return start / num_layers(model)
-
-
 def prepare_cached_datasets(
     model: nn.Module,
     datasets: dict[str, object],
@@ -507,7 +504,7 @@ def prepare_cached_datasets(
     import time
 
     start = cache_start_layer(model)
-    model.petl_cache_start = start
+    attach_state(model).cache_start = start
     total = num_layers(model)
     began = time.time()
     caches, tagged = {}, {}

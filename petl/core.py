@@ -15,30 +15,16 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 import petl.methods  # noqa: F401 - registers every method
-from petl.arch import arch_for
+from petl.arch import arch_for, layers_prefix
 from petl.errors import PetlError
 from petl.models import head_module_names
-from petl.registry import METHODS, MethodConfig, config_from_dict, get_method, make_config
+from petl.registry import METHODS, MethodConfig, MethodEntry, config_from_dict, get_method, make_config
 from petl.results import write_atomic
+from petl.state import attach_state, get_state
 
 PETL_CONFIG_FILE = "petl_config.json"
 PETL_WEIGHTS_FILE = "petl_weights.safetensors"
 FORMAT_VERSION = 1
-
-
-def _layers_prefix(model: nn.Module) -> str:
-    backbone = model.base_model
-    for name, module in model.named_modules():
-        if module is backbone:
-            return (f"{name}." if name else "") + arch_for(model).layers + "."
-    raise PetlError("backbone not found in model")
-
-
-def layer_of_parameter(model: nn.Module, name: str) -> int | None:
-    prefix = _layers_prefix(model)
-    if name.startswith(prefix):
-        return int(name[len(prefix) :].split(".", 1)[0])
-    return None
 
 
 def head_parameter_names(model: nn.Module) -> list[str]:
@@ -62,9 +48,6 @@ def validate_combination(names: list[str]) -> None:
         seen.add(name)
         if entry.exclusive and len(names) > 1:
             raise PetlError(f"--method {name!r} cannot be combined with other methods (got {','.join(names)})")
-    adapters = [n for n in names if get_method(n).flag_prefix == "adapter"]
-    if len(adapters) > 1:
-        raise PetlError(f"--method combines adapter presets {','.join(adapters)}; use one adapter method")
     groups: dict[str, list[str]] = {}
     for name in names:
         if get_method(name).group:
@@ -78,7 +61,7 @@ def apply_petl(model: nn.Module, methods: list[MethodConfig] | list[dict] | str)
     """Freeze the backbone, attach the methods, make the head trainable; records what owns what.
 
     `methods` may be configs, their dicts, or a comma-separated name list (default options)."""
-    if getattr(model, "petl_methods", None):
+    if get_state(model).methods:
         raise PetlError("PETL methods are already applied to this model")
     if isinstance(methods, str):
         methods = [make_config(n) for n in parse_methods(methods)]
@@ -103,17 +86,16 @@ def apply_petl(model: nn.Module, methods: list[MethodConfig] | list[dict] | str)
     stray = [n for n, p in params.items() if p.requires_grad and n not in owner]
     if stray:
         raise PetlError(f"internal: trainable parameters owned by no method: {stray[:3]}")
-    model.petl_methods = configs
-    model.petl_owner = owner
-    model.petl_parts = parts
+    state = attach_state(model)
+    state.methods, state.owner, state.parts = configs, owner, parts
     return model
 
 
 def _owner(model: nn.Module) -> dict[str, tuple[str, int | None]]:
-    owner = getattr(model, "petl_owner", None)
-    if owner is None:
+    state = get_state(model)
+    if not state.applied:
         raise PetlError("no PETL methods applied to this model; call apply_petl first")
-    return owner
+    return state.owner
 
 
 def is_new_parameter(model: nn.Module, name: str) -> bool:
@@ -122,7 +104,7 @@ def is_new_parameter(model: nn.Module, name: str) -> bool:
     if method in (None, "head"):
         return False
     entry = get_method(method)
-    return entry.new_parameters and getattr(model, "petl_parts", {}).get(name) not in entry.pretrained_parts
+    return entry.new_parameters and get_state(model).parts.get(name) not in entry.pretrained_parts
 
 
 def trainable_summary(model: nn.Module) -> dict[str, Any]:
@@ -131,11 +113,11 @@ def trainable_summary(model: nn.Module) -> dict[str, Any]:
     `backbone` is the pretrained model without the head and without anything a method added;
     `auxiliary_frozen_parameters` counts frozen modules a method brought (IDPG's encoder)."""
     owner = _owner(model)
-    parts = getattr(model, "petl_parts", {})
+    parts = get_state(model).parts
     params = dict(model.named_parameters())
     head = {n for n, (m, _) in owner.items() if m == "head"}
     new = {n for n in owner if is_new_parameter(model, n)}
-    backbone_prefix = _layers_prefix(model).removesuffix(arch_for(model).layers + ".")
+    backbone_prefix = layers_prefix(model).removesuffix(arch_for(model).layers + ".")
     in_backbone = lambda n: n.startswith(backbone_prefix) and n not in new and n not in head  # noqa: E731
     backbone_total = sum(p.numel() for n, p in params.items() if in_backbone(n))
     auxiliary = sum(p.numel() for n, p in params.items() if not in_backbone(n) and n not in owner)
@@ -156,7 +138,7 @@ def trainable_summary(model: nn.Module) -> dict[str, Any]:
     trainable = sum(p.numel() for p in params.values() if p.requires_grad)
     head_count = sum(params[n].numel() for n in head)
     return {
-        "methods": [c.to_dict() for c in model.petl_methods],
+        "methods": [c.to_dict() for c in get_state(model).methods],
         "rows": table,
         "trainable_parameters": trainable,
         "trainable_parameters_without_head": trainable - head_count,
@@ -220,7 +202,7 @@ def save_petl(
     directory.mkdir(parents=True, exist_ok=True)
     config = {
         "format_version": FORMAT_VERSION,
-        "methods": [c.to_dict() for c in model.petl_methods],
+        "methods": [c.to_dict() for c in get_state(model).methods],
         "num_labels": int(getattr(model.config, "num_labels", 0)),
         "num_hidden_layers": int(model.config.num_hidden_layers),
         "model_type": model.config.model_type,
@@ -295,9 +277,9 @@ def load_petl(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
         raise PetlError(f"saved delta has {config['num_labels']} labels; the model has {model.config.num_labels}")
     if config.get("model_type") not in (None, model.config.model_type):
         raise PetlError(f"saved delta is for model_type {config['model_type']!r}; the model is {model.config.model_type!r}")
-    if getattr(model, "petl_methods", None) is None:
+    if not get_state(model).applied:
         apply_petl(model, config["methods"])
-    elif [c.to_dict() for c in model.petl_methods] != [config_from_dict(m).to_dict() for m in config["methods"]]:
+    elif [c.to_dict() for c in get_state(model).methods] != [config_from_dict(m).to_dict() for m in config["methods"]]:
         raise PetlError("the model carries other PETL methods than the saved delta")
     weights_path = Path(directory) / PETL_WEIGHTS_FILE
     try:
@@ -318,15 +300,25 @@ def load_petl(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
     return model
 
 
-def merge_petl(model: nn.Module) -> int:
-    """Fold LoRA updates into the base weights (logits unchanged); returns modules merged."""
-    from petl.methods.lora import merge_lora
+def _merge_order(model: nn.Module) -> list[MethodEntry]:
+    """The applied methods in the order they fold into the weights: additive ones (LoRA, BitFit) before
+    multiplicative ones (IA3), as their hooks run (the hook-order rule, petl.registry). Every method
+    must have a merge hook; one without is refused by name before anything changes."""
+    if not get_state(model).applied:
+        raise PetlError("no PETL methods applied to this model; call apply_petl first")
+    entries = [get_method(c.method) for c in get_state(model).methods]
+    refused = [e.name for e in entries if e.merge is None or e.unmerge is None]
+    if refused:
+        mergeable = ", ".join(n for n, e in METHODS.items() if e.merge is not None)
+        raise PetlError(f"merge: {', '.join(refused)} cannot be folded into the base weights; methods that can: {mergeable}")
+    return sorted(entries, key=lambda e: e.multiplicative)
 
-    return merge_lora(model, merge=True)
+
+def merge_petl(model: nn.Module) -> int:
+    """Fold every applied method into the base weights (logits unchanged); returns modules merged."""
+    return sum(entry.merge(model) for entry in _merge_order(model))
 
 
 def unmerge_petl(model: nn.Module) -> int:
-    """Undo `merge_petl`; returns modules unmerged."""
-    from petl.methods.lora import merge_lora
-
-    return merge_lora(model, merge=False)
+    """Undo `merge_petl` (in reverse order); returns modules unmerged."""
+    return sum(entry.unmerge(model) for entry in reversed(_merge_order(model)))

@@ -6,6 +6,8 @@ import numpy as np
 from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
+from petl.tasks import get_task
+
 # metric names per task; `combined_score` (their mean) is added when there are several
 TASK_METRICS: dict[str, tuple[str, ...]] = {
     "cola": ("matthews_correlation",),
@@ -66,12 +68,34 @@ def constant_baselines(task_name: str | None, plan, num_labels: int, is_regressi
     }
 
 
+LOWER_IS_BETTER = ("loss", "mse")
+
+
 def default_selection_metric(task_name: str | None, is_regression: bool) -> str:
-    """CoLA: MCC; STS-B: combined Pearson/Spearman; MRPC/QQP: F1; others: accuracy."""
-    if task_name == "cola":
-        return "matthews_correlation"
-    if task_name == "stsb" or (task_name is None and is_regression):
-        return "combined_score"
-    if task_name in ("mrpc", "qqp"):
-        return "f1"
-    return "accuracy"
+    """The task's `selection_metric` (petl.tasks: CoLA MCC, STS-B combined Pearson/Spearman, MRPC/QQP
+    F1, others accuracy); custom data: the combined correlation for regression, else accuracy."""
+    if task_name is not None:
+        return get_task(task_name).selection_metric
+    return "combined_score" if is_regression else "accuracy"
+
+
+def selection_metric(task_name: str | None, is_regression: bool, *chosen: str | None) -> str:
+    """The validation metric that picks the best state (a run) or the best trial (a search): the first
+    of `chosen` given (--search_metric, --metric_for_best_model), else the task's; without `eval_`."""
+    given = next((c for c in chosen if c), None)
+    return (given or default_selection_metric(task_name, is_regression)).removeprefix("eval_")
+
+
+def greater_is_better(metric: str) -> bool:
+    return metric not in LOWER_IS_BETTER
+
+
+def validation_metric_names(task_name: str | None, is_regression: bool | None = None) -> tuple[str, ...]:
+    """Validation metrics a run reports: the task's (custom data: those of its label kind, or any when
+    the kind is not known yet), their mean, and the loss."""
+    if task_name is None:
+        if is_regression is None:
+            return ("accuracy", "pearson", "spearmanr", "mse", "combined_score", "loss")
+        return ("pearson", "spearmanr", "mse", "combined_score", "loss") if is_regression else (*DEFAULT_METRICS, "loss")
+    names = TASK_METRICS.get(task_name, DEFAULT_METRICS)
+    return (*names, *(("combined_score",) if len(names) > 1 else ()), "loss")

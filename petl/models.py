@@ -29,6 +29,7 @@ from transformers.utils import logging as hf_logging
 from petl.arch import is_decoder_type
 from petl.errors import PetlError
 from petl.results import legacy_temp_names, publish_folder, remove_stale_temps, temporary_path
+from petl.state import attach_state
 
 logger = logging.getLogger(__name__)
 
@@ -331,7 +332,7 @@ def load_model(
     pad_token_id: int | None = None,
 ) -> nn.Module:
     """Load a sequence classifier, truncated to `num_hidden_layers` if given, new parameters seeded.
-    `pooler_type` auto is resolved (see `resolve_pooler_type`) and kept as `model.petl_pooler_type`."""
+    `pooler_type` auto is resolved (see `resolve_pooler_type`) and kept in the model's `PetlState` (petl.state)."""
     config = AutoConfig.from_pretrained(model_path, num_labels=num_labels)
     pooler_type = resolve_pooler_type(pooler_type, config.model_type)
     if getattr(config, "pad_token_id", None) is None and pad_token_id is not None:
@@ -362,9 +363,9 @@ def load_model(
     if backbone_missing:
         logger.warning("checkpoint lacks %d backbone parameters (randomly initialised): %s", len(backbone_missing), backbone_missing[:5])
     init_new_parameters(model, new_params, seed)
-    model.petl_new_parameters = new_params  # recorded for the report
-    model.petl_original_num_layers = full_layers
-    model.petl_pooler_type = pooler_type
+    state = attach_state(model)
+    state.new_parameters = new_params  # recorded for the report
+    state.pooler_type = pooler_type
     return model
 
 

@@ -13,13 +13,15 @@ from petl.core import _owner, petl_state_dict
 from petl.errors import PetlError
 from petl.methods.lora import lora_modules
 from petl.models import PooledClassifier, head_module_names
+from petl.results import write_atomic, write_text_atomic
+from petl.state import get_state
 
 
 def export_peft(model: nn.Module, directory: str, base_model_name_or_path: str = "", state: dict | None = None) -> Path:
     """`state`: the trained tensors by parameter name when already gathered (petl_state_dict)."""
     if isinstance(model, PooledClassifier):
         raise PetlError("--export_peft needs --pooler_type model (PEFT loads onto the stock HF classifier)")
-    methods = {c.method for c in model.petl_methods}
+    methods = {c.method for c in get_state(model).methods or []}
     if methods - {"lora", "head"}:
         raise PetlError(f"--export_peft writes LoRA only; this model also has {', '.join(sorted(methods - {'lora', 'head'}))}")
     modules = lora_modules(model)
@@ -64,7 +66,6 @@ def export_peft(model: nn.Module, directory: str, base_model_name_or_path: str =
         "inference_mode": True,
     }
     out = Path(directory)
-    out.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(out / "adapter_model.safetensors"))
-    (out / "adapter_config.json").write_text(json.dumps(config, indent=2))
+    write_atomic(out / "adapter_model.safetensors", lambda tmp: save_file(tensors, str(tmp)))
+    write_text_atomic(out / "adapter_config.json", json.dumps(config, indent=2))
     return out

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import csv
 import functools
+import io
 import math
 import os
 import statistics
@@ -32,7 +33,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from petl.errors import PetlError, exit_status
-from petl.results import read_jsonl
+from petl.results import read_jsonl, write_atomic, write_text_atomic
 
 METRIC_LABELS = {"f1": "F1", "accuracy": "accuracy", "matthews_correlation": "MCC", "combined_score": "Pearson/Spearman mean"}
 
@@ -383,7 +384,8 @@ def _save_figure(fig, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
-    fig.savefig(path, dpi=130)
+    # the temporary file's name has no .png ending, so the format is named
+    write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=130, format=path.suffix[1:]))
     plt.close(fig)
     return path
 
@@ -433,7 +435,7 @@ def write_report(results: str, out_dir: str, metric: str | None = None) -> list[
                 fig.suptitle(_describe(task_recs), fontsize=9)
                 written.append(_save_figure(fig, out / f"scale_up_{task}_{model}{suffix}.png"))
                 path = out / f"scale_up_{task}_{model}{suffix}.md"
-                path.write_text("\n".join(scale_table(task_recs) + [""] + (layer_table(task_recs) or [])) + "\n")
+                write_text_atomic(path, "\n".join(scale_table(task_recs) + [""] + (layer_table(task_recs) or [])) + "\n")
                 written.append(path)
                 continue
             if not _spans_layers(task_recs):
@@ -442,7 +444,7 @@ def write_report(results: str, out_dir: str, metric: str | None = None) -> list[
             layer_figure(task_recs, ax, _describe(task_recs))
             written.append(_save_figure(fig, out / f"layers_{task}_{model}{suffix}.png"))
             path = out / f"layers_{task}_{model}{suffix}.md"
-            path.write_text("\n".join(layer_table(task_recs)) + "\n")
+            write_text_atomic(path, "\n".join(layer_table(task_recs)) + "\n")
             written.append(path)
         header, md_rows, csv_rows = glue_table(recs)
         stem = Path(results).stem
@@ -451,14 +453,15 @@ def write_report(results: str, out_dir: str, metric: str | None = None) -> list[
         md.append("|" + "---|" * len(header))
         md += ["| " + " | ".join(row) + " |" for row in md_rows]
         path = out / f"table_{stem}_{model}{suffix}.md"
-        path.write_text("\n".join(md) + "\n")
+        write_text_atomic(path, "\n".join(md) + "\n")
         written.append(path)
         path = out / f"table_{stem}_{model}{suffix}.csv"
         keys = list(dict.fromkeys(k for row in csv_rows for k in row))
-        with open(path, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=keys)
-            writer.writeheader()
-            writer.writerows(csv_rows)
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(csv_rows)
+        write_text_atomic(path, text.getvalue())
         written.append(path)
     print(f"{len(records)} cells; {compute_summary(records)}; wrote " + ", ".join(str(p) for p in written))
     return written

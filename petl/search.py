@@ -50,23 +50,12 @@ NOT_SEARCHABLE_SUFFIXES = ("_dir", "_file", "_path")
 MARKER_FILE = ".petl_search.json"
 MARKER_KIND = "run_glue_hyper_search.py"
 
-DEFAULT_SPACES: dict[str, dict[str, dict]] = {
-    "_common": {
-        "head_lr": {"loguniform": [1e-4, 1e-2]},
-        "weight_decay": {"uniform": [0.0, 0.1]},
-        "warmup_steps": {"choice": [0.0, 0.06, 0.1]},
-    },
-    "full": {"learning_rate": {"loguniform": [1e-5, 2e-4]}},
-    "head": {},
-    "ffn": {"learning_rate": {"loguniform": [1e-5, 1e-3]}},
-    "bitfit": {"learning_rate": {"loguniform": [1e-4, 3e-2]}},
-    "lora": {"learning_rate": {"loguniform": [1e-4, 1e-2]}, "lora_rank": {"choice": [4, 8, 16]}},
-    "adapter": {"learning_rate": {"loguniform": [1e-4, 1e-2]}, "adapter_dim": {"choice": [16, 32, 64]}},
-    "houlsby": {"learning_rate": {"loguniform": [1e-4, 1e-2]}, "adapter_dim": {"choice": [16, 32, 64]}},
-    "pfeiffer": {"learning_rate": {"loguniform": [1e-4, 1e-2]}, "adapter_dim": {"choice": [16, 32, 64]}},
-    "parallel": {"learning_rate": {"loguniform": [1e-4, 1e-2]}, "adapter_dim": {"choice": [16, 32, 64]}},
-    "prefix": {"learning_rate": {"loguniform": [1e-3, 1e-1]}, "prefix_length": {"choice": [5, 10, 20]}},
-    "prompt": {"learning_rate": {"loguniform": [1e-3, 3e-1]}, "prompt_length": {"choice": [5, 10, 20]}},
+# searched for every method; each method adds its own default space (its registry entry's `search_space`,
+# declared in petl/methods/<method>.py)
+COMMON_SPACE: dict[str, dict] = {
+    "head_lr": {"loguniform": [1e-4, 1e-2]},
+    "weight_decay": {"uniform": [0.0, 0.1]},
+    "warmup_steps": {"choice": [0.0, 0.06, 0.1]},
 }
 
 
@@ -105,9 +94,13 @@ def _is_number(value: Any) -> bool:
 
 
 def default_space(methods: list[str]) -> dict[str, dict]:
-    space = dict(DEFAULT_SPACES["_common"])
+    """The common space, updated by each method's own (in --method order)."""
+    import petl.methods  # noqa: F401 - registers every method
+    from petl.registry import get_method
+
+    space = dict(COMMON_SPACE)
     for m in methods:
-        space.update(DEFAULT_SPACES.get(m, {}))
+        space.update(get_method(m).search_space or {})
     if "learning_rate" not in space and methods != ["head"]:
         space["learning_rate"] = {"loguniform": [1e-4, 1e-2]}
     return space
@@ -231,11 +224,13 @@ def write_marker(folder: Path) -> Path:
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     marker["signature"] = _signature(_read_key(create=True), marker)
-    path = folder / MARKER_FILE
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(marker, fh, indent=2)
-    return path
+    from petl.results import write_atomic
+
+    def write(tmp: Path) -> None:
+        tmp.chmod(0o600)  # private before it holds anything
+        tmp.write_text(json.dumps(marker, indent=2))
+
+    return write_atomic(folder / MARKER_FILE, write)
 
 
 def _check_private(path: Path, what: str, readable_by_others: bool = True) -> None:

@@ -1,4 +1,4 @@
-"""Grid sweeps through run_glue.py's training code: tasks x methods x layers x settings x seeds.
+"""Grid sweeps through run_glue.py's training pipeline (petl/experiment.py): tasks x methods x layers x settings x seeds.
 
     python -m petl.sweep sweeps/layers_minilm.yaml                 # run (resumes where it stopped)
     python -m petl.sweep sweeps/layers_minilm.yaml --dry_run       # list the cells
@@ -26,7 +26,7 @@ In a method's arguments, "{layer}" is the target layer and "{next}" the one abov
 whose arguments name no layer runs once per task and seed. A list value is a setting axis (cross
 product). `layers` inside a method overrides the global list; `tasks` likewise.
 
-Each cell is one `run_glue.run` call. Its record (the run_glue results record, minus the bulky
+Each cell is one `petl.experiment.run` call. Its record (the run_glue results record, minus the bulky
 parts, plus the cell's coordinates, its run arguments and their hash) is appended to the JSONL file
 as soon as it finishes; a re-run skips cells already recorded as finished (failed ones are retried
 unless --skip_failed). A cell's latest record decides, and only while it was made with the same
@@ -53,7 +53,6 @@ two-thread workers ran 136 MiniLM-L6 cells in 240 s, 1.8 s a cell.
 from __future__ import annotations
 
 import argparse
-import copy
 import hashlib
 import itertools
 import json
@@ -283,6 +282,21 @@ def build_arguments(grid: dict, cell: Cell, output_dir: Path, results: Path):
     return arguments_from_dict(run_values(grid, cell, output_dir), f"cell {cell.cell_id}")
 
 
+def check_cell(grid: dict, cell: Cell, output_dir: Path, results: Path, grid_path: str) -> None:
+    """A cell's arguments as run_glue checks them before any work (types, numbers, methods and their
+    options), so a bad grid value is one line naming the grid file and the cell, before any cell trains.
+    A method's own keys are "given" (another method's flag there is refused); grid-wide `arguments`
+    may hold options of several methods."""
+    from argument_classes.checks import check_numbers
+
+    try:
+        model_args, data_args, petl_args, training_args = build_arguments(grid, cell, output_dir, results)
+        check_numbers(model_args, data_args, petl_args, training_args)
+        petl_args.method_configs(set(cell.arguments))  # a method's own keys; grid-wide ones may serve other methods
+    except PetlError as err:
+        raise PetlError(f"grid file {grid_path!r}: {err}") from None
+
+
 def slim_record(record: dict) -> dict:
     return {k: v for k, v in record.items() if k not in DROPPED_FROM_RECORD}
 
@@ -328,22 +342,22 @@ def run_sweep(grid_path: str, results: str | None = None, output_dir: str | None
     if changed_cells:
         keys = ", ".join(sorted(changed_keys))
         print(f"{changed_cells} recorded cell(s) ran with other arguments than the grid now gives (changed: {keys}); they run again")
+    done_here = len(cells) - len(todo)
     if max_cells is not None:
         todo = todo[:max_cells]
+    for c in todo:  # every cell's arguments are checked before the first one trains (and in a dry run)
+        check_cell(grid, c, out, results_path, grid_path)
     part = f" (shard {shard_index}/{shard_count})" if shard_count > 1 else ""
-    done_here = len(cells) - len(todo)
     print(f"sweep {grid['name']}{part}: {len(cells)} cells, {done_here} already recorded in {results_path}, {len(todo)} to run")
     if dry_run:
         for c in todo:
             print(f"  {c.cell_id}  {json.dumps(c.arguments)}")
         return {"cells": len(cells), "to_run": len(todo), "ran": 0, "failed": 0}
-    for c in todo:  # every cell's arguments, and the results file, are checked before the first one trains
-        build_arguments(grid, c, out, results_path)
     check_appendable(results_path)
 
     from tqdm.auto import tqdm
 
-    import run_glue
+    from petl import experiment
     from petl.results import append_jsonl
 
     failed = 0
@@ -357,7 +371,7 @@ def run_sweep(grid_path: str, results: str | None = None, output_dir: str | None
         base["arguments_hash"] = arguments_hash(base["run_arguments"])
         try:
             args = build_arguments(grid, cell, out, results_path)
-            record = run_glue.run(*copy.deepcopy(args), cache_when_valid=True)
+            record = experiment.run(*args, cache_when_valid=True)
             entry = {**base, "status": "ok", **slim_record(record)}
         except Exception as err:  # noqa: BLE001 - a failed cell is recorded and the sweep goes on
             failed += 1

@@ -20,7 +20,7 @@ class GlueTask:
     headerless: tuple[str, ...] = ()  # splits without a header row
     headerless_columns: tuple[str, ...] = ()  # column names for headerless splits
     hub_text_columns: tuple[str, ...] = ()
-    selection_metric: str = "accuracy"
+    selection_metric: str = "accuracy"  # picks the best state and trial (petl.metrics.default_selection_metric reads it)
     submission_name: str = ""
 
     @property
@@ -123,18 +123,6 @@ GLUE_TASKS: dict[str, GlueTask] = {
         hub_text_columns=("sentence1", "sentence2"),
         submission_name="WNLI",
     ),
-}
-
-# Human-readable label names (the hub's `nyu-mll/glue` names and order).
-LABEL_NAMES: dict[str, tuple[str, ...]] = {
-    "cola": ("unacceptable", "acceptable"),
-    "sst2": ("negative", "positive"),
-    "mrpc": ("not_equivalent", "equivalent"),
-    "qqp": ("not_duplicate", "duplicate"),
-    "mnli": ("entailment", "neutral", "contradiction"),
-    "qnli": ("entailment", "not_entailment"),
-    "rte": ("entailment", "not_entailment"),
-    "wnli": ("not_entailment", "entailment"),
 }
 
 

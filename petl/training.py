@@ -31,6 +31,7 @@ from petl.cache import CACHE_INPUT, run_from_layer
 from petl.core import PETL_CONFIG_FILE, _owner, gathered, is_new_parameter, load_petl, save_petl
 from petl.errors import PetlError
 from petl.results import write_atomic
+from petl.state import get_state
 
 logger = logging.getLogger(__name__)
 
@@ -274,7 +275,7 @@ class PetlTrainer(Trainer):
         hidden = inputs.pop(CACHE_INPUT, None)
         if hidden is None:
             return nullcontext()
-        return run_from_layer(self.model, self.model.petl_cache_start, hidden)
+        return run_from_layer(self.model, get_state(self.model).cache_start, hidden)
 
     def compute_loss(self, model, inputs, *args, **kwargs):
         with self._from_cache(inputs):
@@ -311,7 +312,7 @@ class PetlTrainer(Trainer):
         logger.info("resumed; learning rates now %s", {g.get("group_name"): f"{g['lr']:.3g}" for g in self.optimizer.param_groups})
 
     def _is_petl_run(self) -> bool:
-        methods = getattr(self.model, "petl_methods", None) or []
+        methods = get_state(self.model).methods or []
         return not any(m.method == "full" for m in methods)
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:

@@ -97,7 +97,9 @@ def main() -> int:
 
             traceback.print_exc()
     if int(os.environ.get("RANK", "0")) == 0:
-        (out / "status.json").write_text(json.dumps(status, indent=2))
+        from petl.results import write_text_atomic
+
+        write_text_atomic(out / "status.json", json.dumps(status, indent=2))
     return 0
 
 

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import json
 
-import datasets
 import pytest
 import torch
-from conftest import TINY, clone, tiny_batch, tiny_model
-from test_methods import perturb
+from conftest import TINY, clone, collate, perturbed_petl_model, run_glue_main, tiny_batch, tiny_model, token_dataset
 
 from petl.cache import (
     CACHE_INPUT,
@@ -38,49 +36,15 @@ CACHEABLE = [
 ]
 
 
-def _dataset(seed: int = 5, n: int = 7) -> datasets.Dataset:
-    """Examples of different lengths, as tokenize_split produces them (no padding)."""
-    g = torch.Generator().manual_seed(seed)
-    rows = {"input_ids": [], "attention_mask": [], "labels": []}
-    for i in range(n):
-        length = 4 + (i * 3) % 9
-        rows["input_ids"].append(torch.randint(5, TINY["vocab_size"], (length,), generator=g).tolist())
-        rows["attention_mask"].append([1] * length)
-        rows["labels"].append(i % 2)
-    return datasets.Dataset.from_dict(rows)
-
-
-def _collate(features: list[dict], padding_side: str = "right") -> dict:
-    length = max(len(f["input_ids"]) for f in features)
-    ids = torch.zeros(len(features), length, dtype=torch.long)
-    mask = torch.zeros(len(features), length, dtype=torch.long)
-    for row, f in enumerate(features):
-        n = len(f["input_ids"])
-        cols = slice(0, n) if padding_side == "right" else slice(length - n, length)
-        ids[row, cols] = torch.tensor(f["input_ids"])
-        mask[row, cols] = 1
-    batch = {"input_ids": ids, "attention_mask": mask}
-    if "labels" in features[0]:
-        batch["labels"] = torch.tensor([f["labels"] for f in features])
-    return batch
-
-
-def _petl_model(arch: str, method: str, options: dict):
-    model = apply_petl(tiny_model(arch), [make_config(method, **options)])
-    perturb(model)  # trained-looking parameters: the comparison cannot pass on an identity method
-    model.eval()
-    return model
-
-
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("method,options,start", CACHEABLE)
 def test_cached_logits_equal_uncached(arch, method, options, start):
-    model = _petl_model(arch, method, options)
+    model = perturbed_petl_model(arch, method, options)
     assert cache_start_layer(model) == start
-    ds = _dataset()
-    cache = build_cache(model, start, ds, _collate, batch_size=3)
+    ds = token_dataset()
+    cache = build_cache(model, start, ds, collate, batch_size=3)
     assert len(cache) == len(ds) and cache.states.shape[0] == sum(len(x) for x in ds["input_ids"])
-    batch = _collate([ds[i] for i in range(len(ds))])
+    batch = collate([ds[i] for i in range(len(ds))])
     with torch.no_grad():
         expected = model(**batch).logits
         hidden = cache.padded(list(range(len(ds))), batch["attention_mask"])
@@ -92,10 +56,10 @@ def test_cached_logits_equal_uncached(arch, method, options, start):
 
 @pytest.mark.parametrize("padding_side", ["right", "left"])
 def test_cache_places_states_at_real_tokens_for_either_padding(padding_side):
-    model = _petl_model("bert", "lora", {"layers": "2"})
-    ds = _dataset()
-    cache = build_cache(model, 2, ds, lambda f: _collate(f, padding_side))
-    batch = _collate([ds[i] for i in range(len(ds))], padding_side)
+    model = perturbed_petl_model("bert", "lora", {"layers": "2"})
+    ds = token_dataset()
+    cache = build_cache(model, 2, ds, lambda f: collate(f, padding_side))
+    batch = collate([ds[i] for i in range(len(ds))], padding_side)
     with torch.no_grad():
         expected = compute_hidden_states(model, 2, batch)
         hidden = cache.padded(list(range(len(ds))), batch["attention_mask"])
@@ -106,18 +70,18 @@ def test_cache_places_states_at_real_tokens_for_either_padding(padding_side):
 
 def test_training_gradients_equal_with_and_without_cache():
     """Same loss and same gradients on every trainable tensor (frozen bottom in eval mode)."""
-    model = _petl_model("mpnet", "lora", {"layers": "1-2", "targets": "q,v"})
+    model = perturbed_petl_model("mpnet", "lora", {"layers": "1-2", "targets": "q,v"})
     model.train()
     torch.nn.Module.eval(model.base_model.encoder.layer[0])
     for module in model.modules():  # no dropout anywhere: the two passes must match exactly
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0
-    ds = _dataset()
-    batch = _collate([ds[i] for i in range(len(ds))])
+    ds = token_dataset()
+    batch = collate([ds[i] for i in range(len(ds))])
     model(**batch).loss.backward()
     expected = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
     model.zero_grad()
-    cache = build_cache(model, 1, ds, _collate)
+    cache = build_cache(model, 1, ds, collate)
     with run_from_layer(model, 1, cache.padded(list(range(len(ds))), batch["attention_mask"])):
         model(**batch).loss.backward()
     for name, grad in expected.items():
@@ -161,60 +125,60 @@ def test_uncached_run_keeps_nothing_below_the_lowest_trained_layer_for_autograd(
 
 
 def test_16_bit_caches_are_half_the_size_and_close():
-    model = _petl_model("bert", "lora", {"layers": "1-2"})
-    ds = _dataset()
-    full = build_cache(model, 1, ds, _collate, dtype="float32")
+    model = perturbed_petl_model("bert", "lora", {"layers": "1-2"})
+    ds = token_dataset()
+    full = build_cache(model, 1, ds, collate, dtype="float32")
     for dtype in ("bfloat16", "float16"):
-        half = build_cache(model, 1, ds, _collate, dtype=dtype)
+        half = build_cache(model, 1, ds, collate, dtype=dtype)
         assert half.nbytes * 2 == full.nbytes
         assert torch.allclose(half.states.float(), full.states, atol=0.05, rtol=0.02)
     with pytest.raises(PetlError, match="--cache_dtype 'int8' is not one of float32, bfloat16, float16"):
-        build_cache(model, 1, ds, _collate, dtype="int8")
+        build_cache(model, 1, ds, collate, dtype="int8")
 
 
 def test_disk_cache_is_reused_keyed_and_never_read_half_written(tmp_path):
-    model = _petl_model("bert", "lora", {"layers": "1-2"})
-    ds = _dataset()
-    first = build_cache(model, 1, ds, _collate, dtype="bfloat16", cache_dir=tmp_path)
+    model = perturbed_petl_model("bert", "lora", {"layers": "1-2"})
+    ds = token_dataset()
+    first = build_cache(model, 1, ds, collate, dtype="bfloat16", cache_dir=tmp_path)
     folders = [p for p in tmp_path.iterdir() if not p.name.startswith(".")]
     assert len(folders) == 1 and (folders[0] / "complete").is_file()
     assert json.loads((folders[0] / "meta.json").read_text())["dtype"] == "bfloat16"
     # reuse: the stored file is served memory-mapped, identical, and not recomputed
     stamp = (folders[0] / "states.bin").stat().st_mtime_ns
-    again = build_cache(model, 1, ds, _collate, dtype="bfloat16", cache_dir=tmp_path)
+    again = build_cache(model, 1, ds, collate, dtype="bfloat16", cache_dir=tmp_path)
     assert torch.equal(again.states, first.states) and (folders[0] / "states.bin").stat().st_mtime_ns == stamp
     # other inputs, another layer, or other frozen weights: another key
-    build_cache(model, 1, _dataset(seed=6), _collate, dtype="bfloat16", cache_dir=tmp_path)
-    build_cache(model, 2, ds, _collate, dtype="bfloat16", cache_dir=tmp_path)
+    build_cache(model, 1, token_dataset(seed=6), collate, dtype="bfloat16", cache_dir=tmp_path)
+    build_cache(model, 2, ds, collate, dtype="bfloat16", cache_dir=tmp_path)
     other = clone(model)
     with torch.no_grad():
         other.base_model.embeddings.word_embeddings.weight[7] += 1.0
-    build_cache(other, 1, ds, _collate, dtype="bfloat16", cache_dir=tmp_path)
+    build_cache(other, 1, ds, collate, dtype="bfloat16", cache_dir=tmp_path)
     assert len([p for p in tmp_path.iterdir() if not p.name.startswith(".")]) == 4
     # the upper layers do not matter: training them never invalidates the cache
     upper = clone(model)
     with torch.no_grad():
         upper.base_model.encoder.layer[2].output.dense.weight.add_(1.0)
-    build_cache(upper, 1, ds, _collate, dtype="bfloat16", cache_dir=tmp_path)
+    build_cache(upper, 1, ds, collate, dtype="bfloat16", cache_dir=tmp_path)
     assert len([p for p in tmp_path.iterdir() if not p.name.startswith(".")]) == 4
     # an interrupted write (no `complete` marker) is recomputed, not read
     reference = first.states.clone()  # `first` is a view of the file about to be damaged
     (folders[0] / "complete").unlink()
     with open(folders[0] / "states.bin", "r+b") as fh:
         fh.write(b"\xff" * 64)
-    fixed = build_cache(model, 1, ds, _collate, dtype="bfloat16", cache_dir=tmp_path)
+    fixed = build_cache(model, 1, ds, collate, dtype="bfloat16", cache_dir=tmp_path)
     assert torch.equal(fixed.states, reference)
 
 
 def test_collator_adds_the_right_states_for_mixed_splits():
-    model = _petl_model("roberta", "lora", {"layers": "2"})
-    a, b = _dataset(seed=1, n=5), _dataset(seed=2, n=4)
-    caches = {0: build_cache(model, 2, a, _collate), 1: build_cache(model, 2, b, _collate)}
-    collator = CachedCollator(_collate, caches)
+    model = perturbed_petl_model("roberta", "lora", {"layers": "2"})
+    a, b = token_dataset(seed=1, n=5), token_dataset(seed=2, n=4)
+    caches = {0: build_cache(model, 2, a, collate), 1: build_cache(model, 2, b, collate)}
+    collator = CachedCollator(collate, caches)
     ta, tb = tag_dataset(a, 0), tag_dataset(b, 1)
     features = [dict(ta[3]), dict(tb[0]), dict(ta[1])]
     batch = collator(features)
-    plain = _collate([a[3], b[0], a[1]])
+    plain = collate([a[3], b[0], a[1]])
     assert torch.equal(batch["input_ids"], plain["input_ids"])
     with torch.no_grad():
         expected = compute_hidden_states(model, 2, plain)
@@ -236,15 +200,13 @@ def test_eval_mode_helper_switches_off_dropout_below_the_start_only():
 def test_entry_point_cached_run_matches_uncached_eval_mode_run(tmp_path, glue_dir, capsys):
     """run_glue.py as a user runs it: --cache_frozen_layers gives the validation metrics of an uncached
     run whose frozen layers run without dropout, and a second run reuses the disk cache."""
-    from test_run_glue import main
-
     args = ["--task_name", "mrpc", "--method", "lora", "--lora_layers", "1", "--pooler_type", "avg",
             "--max_train_samples", "160", "--num_train_epochs", "1", "--learning_rate", "4e-3",
             "--per_device_train_batch_size", "16", "--results_file", str(tmp_path / "all.jsonl")]  # fmt: skip
-    code, plain_out = main([*args, "--frozen_layers_eval_mode"], tmp_path, "plain", glue_dir)
+    code, plain_out = run_glue_main([*args, "--frozen_layers_eval_mode"], tmp_path, "plain", glue_dir)
     assert code == 0
     cache_args = [*args, "--cache_frozen_layers", "--cache_dir", str(tmp_path / "cache")]
-    code, cached_out = main(cache_args, tmp_path, "cached", glue_dir)
+    code, cached_out = run_glue_main(cache_args, tmp_path, "cached", glue_dir)
     assert code == 0
     plain = json.loads((plain_out / "results.json").read_text())
     cached = json.loads((cached_out / "results.json").read_text())
@@ -257,7 +219,7 @@ def test_entry_point_cached_run_matches_uncached_eval_mode_run(tmp_path, glue_di
                 assert cached["eval_metrics"][split][key] == pytest.approx(value, abs=1e-4), (split, key)
     caches = sorted(p.name for p in (tmp_path / "cache").iterdir())
     assert len(caches) == 3  # train, validation, test halves
-    code, again_out = main(cache_args, tmp_path, "again", glue_dir)
+    code, again_out = run_glue_main(cache_args, tmp_path, "again", glue_dir)
     assert code == 0
     again = json.loads((again_out / "results.json").read_text())
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == caches
@@ -274,9 +236,7 @@ def test_entry_point_cached_run_matches_uncached_eval_mode_run(tmp_path, glue_di
     ],
 )
 def test_entry_point_refuses_invalid_cache_requests(method, message, tmp_path, glue_dir, capsys):
-    from test_run_glue import main
-
-    code, out = main(["--task_name", "mrpc", *method, "--cache_frozen_layers"], tmp_path, glue_dir=glue_dir)
+    code, out = run_glue_main(["--task_name", "mrpc", *method, "--cache_frozen_layers"], tmp_path, glue_dir=glue_dir)
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and message in err[-1], err[-1:]
     assert not (out / "results.json").exists()

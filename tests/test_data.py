@@ -39,9 +39,14 @@ def test_glue_quirks(glue_dir):
     assert cola.labels[0] == 1
     mrpc = read_glue_split(glue_dir, get_task("mrpc"), "train")  # BOM in the header, pairs
     assert mrpc.text_b is not None and mrpc.labels[0] == 1
-    sst = read_glue_split(glue_dir, get_task("sst2"), "dev")  # quotes inside text: QUOTE_NONE
-    assert any('"' in t for t in sst.text_a) or len(sst) == 872
+    # a field that starts with a quote is text, not a quoted field (QUOTE_NONE): read verbatim, and it
+    # must not swallow the tab and the lines after it
+    mrpc_dev = read_glue_split(glue_dir, get_task("mrpc"), "dev")
+    assert mrpc_dev.text_b[0] == '" The foodservice pie business does not fit our long-term growth strategy .'
+    assert mrpc_dev.text_a[11] == '" Sanitation is poor ... there could be typhoid and cholera , " he said .'
     rte = read_glue_split(glue_dir, get_task("rte"), "dev")
+    assert rte.text_a[137].startswith("\"It's Only a Play\" is Terrence McNally's \"Give My Regards to Broadway,\"")
+    assert rte.text_b[137] == "Broadway is in New York." and rte.labels[137] == 0  # entailment
     assert set(rte.labels) == {0, 1}  # entailment, not_entailment
 
 

@@ -5,69 +5,22 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import clone
-from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer, BertConfig, GPT2Config, LlamaConfig
+from conftest import DECODER_VOCAB, TINY, clone, collate, decoder_batch, decoder_config, perturb, tiny_decoder, tiny_model, token_dataset
+from transformers import AutoModel, AutoTokenizer, BertConfig
 
 from petl.core import apply_petl, is_new_parameter, load_petl, merge_petl, save_petl, trainable_summary, unmerge_petl
 from petl.data import check_pair_template, join_pairs
 from petl.errors import PetlError
-from petl.models import PooledClassifier
 from petl.registry import make_config
+from petl.state import get_state
 
 KINDS = ["gpt2", "llama"]
-H, L, VOCAB = 32, 3, 120
-
-
-def decoder_config(kind: str, vocab: int = VOCAB):
-    if kind == "gpt2":
-        cfg = GPT2Config(vocab_size=vocab, n_embd=H, n_layer=L, n_head=4, n_positions=64, bos_token_id=1, eos_token_id=1)
-    else:
-        cfg = LlamaConfig(
-            vocab_size=vocab,
-            hidden_size=H,
-            num_hidden_layers=L,
-            num_attention_heads=4,
-            num_key_value_heads=2,  # grouped-query attention: 2 query heads per key/value head
-            intermediate_size=64,
-            max_position_embeddings=64,
-            bos_token_id=1,
-            eos_token_id=1,
-        )
-    cfg.pad_token_id, cfg.num_labels, cfg.use_cache = 1, 2, False  # pad == eos, as is common
-    return cfg
-
-
-def tiny_decoder(kind: str, pooler: str = "last", seed: int = 0, vocab: int = VOCAB) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    cfg = decoder_config(kind, vocab)
-    if pooler == "model":
-        model = AutoModelForSequenceClassification.from_config(cfg)
-    else:
-        model = PooledClassifier(AutoModel.from_config(cfg), 2, pooler, dropout=0.0)
-    return model.eval()
-
-
-def batch(seed: int = 1, b: int = 3, t: int = 9):
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(2, VOCAB, (b, t), generator=g)
-    mask = torch.ones(b, t, dtype=torch.long)
-    mask[1, t - 3 :] = 0  # right padding
-    ids[1, t - 3 :] = 1  # with pad == eos
-    ids[0, 4] = 1  # and an eos inside a real text: pooling must not stop there
-    return ids, mask
+H, L, VOCAB = TINY["hidden_size"], TINY["num_hidden_layers"], DECODER_VOCAB
 
 
 def logits(model, seed: int = 1):
-    ids, mask = batch(seed)
+    ids, mask = decoder_batch(seed)
     return model(input_ids=ids, attention_mask=mask).logits
-
-
-def perturb(model, seed: int = 3):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(torch.randn(p.shape, generator=g) * 0.1)
 
 
 IDENTITY_AT_INIT = [
@@ -114,13 +67,13 @@ ALL_METHODS = IDENTITY_AT_INIT + [
 def test_only_owned_tensors_train_and_deltas_round_trip(kind, method, options, tmp_path):
     base = tiny_decoder(kind)
     model = apply_petl(clone(base), [make_config(method, **options)])
-    owned = set(model.petl_owner)
+    owned = set(get_state(model).owner)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable == owned
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     model.train()
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
-    ids, mask = batch()
+    ids, mask = decoder_batch()
     out = model(input_ids=ids, attention_mask=mask, labels=torch.tensor([0, 1, 1]))
     out.loss.backward()
     opt.step()
@@ -171,7 +124,7 @@ def test_lora_merge_and_unmerge_on_decoders(kind):
 def test_last_token_pooling_ignores_right_padding_with_pad_equal_eos(kind):
     """A right-padded row (pad == eos, and an eos inside the text) gets the logits it gets alone."""
     model = tiny_decoder(kind)
-    ids, mask = batch()
+    ids, mask = decoder_batch()
     together = model(input_ids=ids, attention_mask=mask).logits
     for row in range(ids.shape[0]):
         n = int(mask[row].sum())
@@ -218,7 +171,7 @@ def test_ptuning_trains_with_batch_size_one():
     before = encoder.embedding.detach().clone()
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     model.train()
-    ids, mask = (x[:1] for x in batch())
+    ids, mask = (x[:1] for x in decoder_batch())
     for _ in range(2):
         loss = model(input_ids=ids, attention_mask=mask, labels=torch.tensor([1])).loss
         opt.zero_grad()
@@ -259,13 +212,13 @@ def test_idpg_variants(variant, tiny_encoder_dir, tmp_path):
     model = apply_petl(clone(base), [cfg])
     texts = ["a short first text", "another, different and longer input sentence", "third"]
     extra = idpg_inputs(tiny_encoder_dir, texts)
-    ids, mask = batch()
+    ids, mask = decoder_batch()
     prompts = model.idpg(**{k.removeprefix("idpg_"): v for k, v in extra.items()}) if variant in ("original", "trained") else model.idpg()
     per_instance = variant in ("original", "trained")
     assert prompts.shape == ((3, 3, H) if per_instance else (1, 3, H))
     if per_instance:
         assert not torch.allclose(prompts[0], prompts[1])  # instance-dependent
-        assert model.petl_extra_inputs["idpg"].name_or_path == tiny_encoder_dir
+        assert get_state(model).extra_inputs["idpg"].name_or_path == tiny_encoder_dir
     out = model(input_ids=ids, attention_mask=mask, **(extra if per_instance else {})).logits
     assert out.shape == (3, 2) and torch.isfinite(out).all()
     summary = trainable_summary(model)
@@ -278,7 +231,7 @@ def test_idpg_variants(variant, tiny_encoder_dir, tmp_path):
     assert summary["backbone_parameters"] == sum(p.numel() for p in base.backbone.parameters())
     assert rows.get("idpg/input prompt", 0) == (3 * 24 if variant == "prompt_only" else 0)
     if variant == "trained":
-        name = next(n for n in model.petl_owner if ".encoder." in n)
+        name = next(n for n in get_state(model).owner if ".encoder." in n)
         assert not is_new_parameter(model, name)  # pretrained encoder: --learning_rate, not --petl_lr
     if variant in ("original", "prompt_only"):
         model.train()
@@ -295,8 +248,6 @@ def test_idpg_variants(variant, tiny_encoder_dir, tmp_path):
 
 
 def test_idpg_composes_with_lora_and_works_on_encoders(tiny_encoder_dir):
-    from conftest import tiny_model
-
     for base in (tiny_decoder("llama"), tiny_model("bert")):
         model = apply_petl(
             clone(base), [make_config("idpg", encoder=tiny_encoder_dir, hidden=8, prompt_length=2), make_config("lora", rank=2)]
@@ -305,7 +256,7 @@ def test_idpg_composes_with_lora_and_works_on_encoders(tiny_encoder_dir):
         ids = torch.randint(5, VOCAB, (3, 7))
         out = model(input_ids=ids, attention_mask=torch.ones_like(ids), **extra).logits
         assert out.shape == (3, 2)
-        assert {m for m, _ in model.petl_owner.values()} == {"idpg", "lora", "head"}
+        assert {m for m, _ in get_state(model).owner.values()} == {"idpg", "lora", "head"}
 
 
 def test_bad_decoder_and_prompt_inputs_are_one_line_errors(tmp_path):
@@ -371,8 +322,6 @@ def test_decoder_end_to_end_through_run_glue(tmp_path, glue_dir, minilm_path, ti
 def test_llama_cached_logits_equal_uncached_and_gpt2_is_refused(method, options, start):
     """Llama's embeddings are one module and its positions are rotary (inside attention), so the
     frozen-layer cache can stand in for the embeddings and the layers below the first trained one."""
-    from test_cache import _collate, _dataset
-
     from petl.cache import build_cache, cache_start_layer, run_from_layer
 
     with pytest.raises(PetlError, match="not supported for gpt2"):
@@ -380,9 +329,9 @@ def test_llama_cached_logits_equal_uncached_and_gpt2_is_refused(method, options,
     model = apply_petl(tiny_decoder("llama"), [make_config(method, **options)])
     perturb(model)
     assert cache_start_layer(model) == start
-    ds = _dataset()
-    cache = build_cache(model, start, ds, _collate, batch_size=3)
-    batch_ = _collate([ds[i] for i in range(len(ds))])  # right padding, as decoders use
+    ds = token_dataset()
+    cache = build_cache(model, start, ds, collate, batch_size=3)
+    batch_ = collate([ds[i] for i in range(len(ds))])  # right padding, as decoders use
     with torch.no_grad():
         expected = model(**batch_).logits
         with run_from_layer(model, start, cache.padded(list(range(len(ds))), batch_["attention_mask"])):

@@ -144,3 +144,25 @@ def test_bf16_trains_on_cpu(runs, variants, method):
     # the same updates up to bfloat16 rounding: close to the float32 run, not identical to it
     assert bf16["validation_loss"] == pytest.approx(fp32["validation_loss"], rel=0.05)
     assert bf16["validation_loss"] != fp32["validation_loss"]
+
+
+def test_readme_support_table_marks_exactly_the_tested_cells():
+    """The README's support table: a ✓ exactly where this module has a test case, a row for every
+    registered method (and the combination tested), and no other mark. Runs nothing distributed."""
+    import petl.methods  # noqa: F401  registers every method
+    from petl.registry import METHODS as REGISTERED
+
+    columns = {"single": "single", "DDP (torchrun)": "ddp", "ZeRO-1": "zero1", "ZeRO-2": "zero2", "ZeRO-3": "zero3",
+               "grad. accumulation": "accumulate2x4", "bf16 (CPU)": "bf16"}  # fmt: skip
+    lines = (REPO / "README.md").read_text().splitlines()
+    start = lines.index("| method | " + " | ".join(columns) + " | fp16 |")
+    rows = {}
+    for line in lines[start + 2 :]:
+        if not line.startswith("| "):
+            break
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        rows[cells[0]] = dict(zip(columns.values(), cells[1:-1], strict=True))
+    assert set(rows) == set(METHODS) | set(REGISTERED)
+    for method, marks in rows.items():
+        for stage, mark in marks.items():
+            assert mark == ("✓" if method in METHODS and method in methods_of(stage) else "–"), (method, stage, mark)

@@ -9,12 +9,13 @@ import os
 
 import pytest
 import torch
+from conftest import FAST
 
 import run_glue
 from argument_classes import arguments_from_dict, given_argument_names
 from petl.errors import PetlError
+from petl.experiment import finite_or_null
 
-FAST = ["--model_name_or_path", "minilm-l6", "--num_hidden_layers", "2", "--disable_tqdm", "true", "--seed", "1"]
 # a run that got past its checks (a check missing) stays short: a few seconds of training, not minutes
 TINY_RUN = ["--max_train_samples", "16", "--max_eval_samples", "16", "--num_train_epochs", "1", "--report_to", "none"]
 
@@ -35,6 +36,20 @@ def assert_one_error_line(code: int, err: list[str], *fragments: str) -> None:
 
 # (arguments, fragments the one error line must hold): each refused before the model or data are read
 BAD_FLAGS = [
+    (["--num_train_epochs", "-1"], ["--num_train_epochs -1.0 trains nothing"]),
+    (["--num_train_epochs", "0"], ["--num_train_epochs 0.0 trains nothing", "--max_steps"]),
+    (["--early_stopping_patience", "-1"], ["--early_stopping_patience -1 is invalid", ">= 1"]),
+    (["--early_stopping_patience", "0"], ["--early_stopping_patience 0 is invalid"]),
+    (["--max_seq_length", "0"], ["--max_seq_length 0 is invalid"]),
+    (["--max_seq_length", "-5"], ["--max_seq_length -5 is invalid"]),
+    (["--per_device_train_batch_size", "0"], ["--per_device_train_batch_size 0 is invalid"]),
+    (["--per_device_eval_batch_size", "0"], ["--per_device_eval_batch_size 0 is invalid"]),
+    (["--gradient_accumulation_steps", "0"], ["--gradient_accumulation_steps 0 is invalid"]),
+    (["--max_train_samples", "-5"], ["--max_train_samples -5 is invalid"]),
+    (["--max_eval_samples", "0"], ["--max_eval_samples 0 is invalid"]),
+    (["--train_fraction", "1.5"], ["--train_fraction 1.5 is out of range", "(0, 1]"]),
+    (["--seed", "99999999999999999999"], ["--seed 99999999999999999999 is out of range"]),
+    (["--split_seed", "-1"], ["--split_seed -1 is out of range"]),
     (["--method", "lora", "--lora_alpha", "nan"], ["--lora_alpha nan", "finite"]),
     (["--method", "lora", "--lora_alpha=-inf"], ["--lora_alpha -inf", "finite"]),
     (["--learning_rate", "inf"], ["--learning_rate inf", "finite"]),
@@ -211,7 +226,7 @@ def test_offline_hub_failure_is_one_line(tmp_path, capsys, glue_dir, monkeypatch
 
 def test_non_finite_values_are_recorded_as_null(caplog):
     record = {"train_loss": float("nan"), "test_metrics": {"pearson": float("inf"), "loss": 0.5}, "history": [{"f1": float("-inf")}]}
-    cleaned = run_glue.finite_or_null(record)
+    cleaned = finite_or_null(record)
     assert json.loads(json.dumps(cleaned, allow_nan=False)) == {
         "train_loss": None,
         "test_metrics": {"pearson": None, "loss": 0.5},
@@ -229,11 +244,12 @@ def saved_delta(tmp_path_factory) -> str:
     """A LoRA delta for the 2-layer MiniLM on MRPC, saved without training (its tensors as initialised)."""
     from petl.core import apply_petl, save_petl
     from petl.models import load_model, resolve_model_path
+    from petl.state import get_state
 
     model = load_model(resolve_model_path("minilm-l6"), 2, "auto", 2, seed=1)
     apply_petl(model, [{"method": "lora", "rank": 2}])
     folder = tmp_path_factory.mktemp("delta")
-    save_petl(model, folder, extra={"model_name_or_path": "minilm-l6", "pooler_type": model.petl_pooler_type, "pair_template": None})
+    save_petl(model, folder, extra={"model_name_or_path": "minilm-l6", "pooler_type": get_state(model).pooler_type, "pair_template": None})
     return str(folder)
 
 
@@ -305,3 +321,32 @@ def test_intact_delta_still_loads(saved_delta, tmp_path, capsys, glue_dir):
     argv = [*FAST, "--task_name", "mrpc", "--glue_dir", str(glue_dir), "--output_dir", str(tmp_path / "run"), "--load_petl", saved_delta]
     code, err = run_main([*argv, "--dry_run"], capsys)
     assert code == 0, err[-3:]
+
+
+def test_a_selection_metric_the_task_does_not_report_is_refused_before_the_model_loads(tmp_path, capsys, glue_dir):
+    out = tmp_path / "run"
+    argv = [*FAST, *TINY_RUN, "--task_name", "mrpc", "--glue_dir", str(glue_dir), "--output_dir", str(out)]
+    code, err = run_main([*argv, "--metric_for_best_model", "bogus"], capsys)
+    assert code == 2 and err[-1].startswith("error: --metric_for_best_model 'bogus' is not reported for this task"), err[-2:]
+    assert "allowed: f1, accuracy, combined_score, loss" in err[-1] or "allowed: accuracy, f1, combined_score, loss" in err[-1]
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--method", "adapter"], "--method 'adapter' differs from the saved delta's 'lora' (--load_petl); omit --method"),
+        (["--lora_rank", "4"], "--lora_rank was given with --load_petl"),
+        (["--model_name_or_path", "mpnet-base"], "--model_name_or_path 'mpnet-base' differs from the saved delta's 'minilm-l6'"),
+    ],
+)
+def test_flags_that_a_loaded_delta_would_silently_override_are_refused(extra, message, tmp_path, capsys, glue_dir):
+    """--load_petl fixes the methods and base model: a --method, method option or model given with it is refused."""
+    delta = tmp_path / "delta"
+    base = [*FAST, *TINY_RUN, "--task_name", "mrpc", "--glue_dir", str(glue_dir)]
+    assert run_glue.main([*base, "--method", "lora", "--output_dir", str(delta)]) == 0
+    capsys.readouterr()
+    out = tmp_path / "eval"
+    code, err = run_main([*base, "--load_petl", str(delta), "--output_dir", str(out), *extra], capsys)  # the last flag given wins
+    assert code == 2 and message in err[-1], err[-2:]
+    assert not out.exists()

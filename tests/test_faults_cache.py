@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, TINY, clone, tiny_model
-from test_cache import _collate, _dataset, _petl_model
+from conftest import REPO, TINY, clone, collate, perturbed_petl_model, tiny_decoder, tiny_model, token_dataset
 
 from petl.cache import build_cache, fingerprint, prepare_cached_datasets
 from petl.core import PETL_CONFIG_FILE, PETL_WEIGHTS_FILE, apply_petl, save_petl
@@ -48,7 +47,7 @@ class _PaddingCollator:
         self.pad_to_multiple_of = None
 
     def __call__(self, features):
-        return _collate(features, self.tokenizer.padding_side)
+        return collate(features, self.tokenizer.padding_side)
 
 
 def _collate_masks(features: list[dict]) -> dict:
@@ -63,7 +62,8 @@ def _collate_masks(features: list[dict]) -> dict:
 
 def _base():
     assert TINY["num_hidden_layers"] == 3  # start 1 or 2: layers below it frozen, LoRA at 1-2
-    return {"model": _petl_model("bert", "lora", LORA), "start": 1, "dataset": _dataset(), "dtype": "float32", "collator": _collate_masks}
+    model = perturbed_petl_model("bert", "lora", LORA)
+    return {"model": model, "start": 1, "dataset": token_dataset(), "dtype": "float32", "collator": _collate_masks}
 
 
 def _with_model(change):
@@ -105,8 +105,8 @@ def _module_setting(model):
 
 
 def _prefix_shift(base):
-    model = _petl_model("bert", "prefix", {"length": 3, "layers": "1-2", "shift_positions": True})
-    plain = _petl_model("bert", "prefix", {"length": 3, "layers": "1-2"})
+    model = perturbed_petl_model("bert", "prefix", {"length": 3, "layers": "1-2", "shift_positions": True})
+    plain = perturbed_petl_model("bert", "prefix", {"length": 3, "layers": "1-2"})
     return {**base, "model": model}, {**base, "model": plain}
 
 
@@ -149,7 +149,7 @@ def _key_args(case) -> dict:
 
 
 def test_prefix_position_shift_below_the_start_gives_another_cache():
-    shifted, plain = _prefix_shift({"start": 1, "dataset": _dataset(), "dtype": "float32", "collator": _collate_masks})
+    shifted, plain = _prefix_shift({"start": 1, "dataset": token_dataset(), "dtype": "float32", "collator": _collate_masks})
     assert fingerprint(**_key_args(shifted)) != fingerprint(**_key_args(plain))
     assert not torch.equal(_build(shifted).states, _build(plain).states)
 
@@ -157,13 +157,11 @@ def test_prefix_position_shift_below_the_start_gives_another_cache():
 def test_decoder_position_shift_on_the_backbone_gives_another_cache():
     """On a decoder the prefix's position shift is a hook on the backbone, not the embeddings: it
     moves the rotary positions of every layer, the frozen ones too."""
-    from test_decoders import tiny_decoder
-
     shifted, plain = (
         apply_petl(tiny_decoder("llama"), [make_config("prefix", length=3, layers="2", shift_positions=shift)]).eval()
         for shift in (True, False)
     )
-    common = {"start": 2, "dataset": _dataset(), "dtype": "float32", "collator": _collate_masks}
+    common = {"start": 2, "dataset": token_dataset(), "dtype": "float32", "collator": _collate_masks}
     assert fingerprint(shifted, **common) != fingerprint(plain, **common)
     assert not torch.equal(_build({**common, "model": shifted}).states, _build({**common, "model": plain}).states)
 
@@ -172,7 +170,9 @@ def test_decoder_position_shift_on_the_backbone_gives_another_cache():
 def test_library_versions_are_in_the_key(library, monkeypatch):
     base = _base()
     before = fingerprint(**_key_args(base))
-    module = torch if library == "torch" else sys.modules["transformers"]
+    import petl.cache
+
+    module = getattr(petl.cache, library)  # the module object the key reads (transformers' lazy module may be replaced)
     monkeypatch.setattr(module, "__version__", module.__version__ + ".other")
     assert fingerprint(**_key_args(base)) != before
 
@@ -232,11 +232,11 @@ def test_config_overrides_with_a_shared_cache_dir_never_reuse_a_stale_cache(tmp_
     for overrides in (None, "layer_norm_eps=0.5"):
         model = apply_petl(load_model(str(checkpoint), num_labels=2, config_overrides=overrides), [make_config("lora", **LORA)])
         model.eval()
-        data = {"train": _dataset(), "validation": _dataset(seed=9)}
+        data = {"train": token_dataset(), "validation": token_dataset(seed=9)}
         _, collator, info = prepare_cached_datasets(model, data, _collate_masks, cache_dir=cache_dir)
         served[overrides] = collator.caches[0].states.clone()
         assert info["start_layer"] == 1
-        assert torch.equal(served[overrides], build_cache(model, 1, _dataset(), _collate_masks).states)
+        assert torch.equal(served[overrides], build_cache(model, 1, token_dataset(), _collate_masks).states)
     assert len(_folders(cache_dir)) == 4  # two data sets, each twice
     assert not torch.equal(served[None], served["layer_norm_eps=0.5"])
 
@@ -274,7 +274,7 @@ def _no_space(*args, **kwargs):
 
 @pytest.mark.parametrize("exc", [OSError(errno.ENOSPC, "No space left on device"), KeyboardInterrupt()], ids=["full_disk", "ctrl_c"])
 def test_a_failed_delta_write_leaves_no_temporary_file_and_the_old_delta(exc, tmp_path, monkeypatch):
-    model = _petl_model("bert", "lora", LORA)
+    model = perturbed_petl_model("bert", "lora", LORA)
     save_petl(model, tmp_path)
     before = {name: (tmp_path / name).read_bytes() for name in (PETL_WEIGHTS_FILE, PETL_CONFIG_FILE)}
 
@@ -430,7 +430,7 @@ def test_file_writes_remove_what_killed_writes_left(tmp_path):
     _age(legacy, STALE_TEMP_SECONDS + 60)
     writer, live = _live_writer(tmp_path / "results.json", kind="file")
     try:
-        save_petl(_petl_model("bert", "lora", LORA), tmp_path)
+        save_petl(perturbed_petl_model("bert", "lora", LORA), tmp_path)
         assert not dead_delta.exists() and dead_results.exists()  # each write clears its own file's leftovers
         write_json_atomic(tmp_path / "results.json", {"ok": 1})
         assert not dead_results.exists() and not legacy.exists() and live.is_file()

@@ -8,24 +8,15 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import run_glue_main
 
-import run_glue
 from petl.data import load_custom_files, load_glue_dir
 from petl.errors import PetlError
 from petl.tasks import get_task
 
-FAST = ["--model_name_or_path", "minilm-l6", "--num_hidden_layers", "2", "--disable_tqdm", "true", "--seed", "1"]
 TINY_RUN = ["--num_train_epochs", "1", "--per_device_train_batch_size", "8", "--split_mode", "official", "--report_to", "none"]
 
 WORDS = ["red", "blue", "green", "cold", "warm", "fast", "slow", "tall", "short", "new", "old", "big"]
-
-
-def main(args, tmp_path, name="run", glue_dir=None):
-    out = tmp_path / name
-    argv = [*FAST, "--output_dir", str(out), *args]
-    if glue_dir is not None:
-        argv += ["--glue_dir", str(glue_dir)]
-    return run_glue.main(argv), out
 
 
 def _csv(path: Path, labels: list[str], header: str = "text,label", tail: str = "") -> Path:
@@ -45,7 +36,7 @@ SCORES = [f"{i * 0.31:.2f}" for i in range(16)]
 
 def _refused(args, tmp_path, capsys, *fragments, glue_dir=None):
     """Runs a real (tiny) training: on unfixed code it trains and writes results.json."""
-    code, out = main([*args, *TINY_RUN], tmp_path, glue_dir=glue_dir)
+    code, out = run_glue_main([*args, *TINY_RUN], tmp_path, glue_dir=glue_dir)
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2, err[-3:]
     assert err and err[-1].startswith("error: "), err[-3:]
@@ -183,7 +174,7 @@ def test_valid_custom_files_still_train(kind, tmp_path, capsys):
     dev = _csv(tmp_path / "dev.csv", labels[:6])
     test = tmp_path / "test.csv"
     test.write_text("text\n" + "".join(f"{w}\n" for w in WORDS[:4]))  # test files may have no labels
-    code, out = main([*_custom(train, dev), "--test_file", str(test), "--do_predict", *TINY_RUN], tmp_path)
+    code, out = run_glue_main([*_custom(train, dev), "--test_file", str(test), "--do_predict", *TINY_RUN], tmp_path)
     assert code == 0, capsys.readouterr().err.strip().splitlines()[-3:]
     record = json.loads((out / "results.json").read_text())
     assert record["validation_metrics"]

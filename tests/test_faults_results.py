@@ -10,7 +10,9 @@ import os
 import subprocess
 
 import pytest
+from conftest import FAST as FAST_MODEL
 
+import petl.experiment
 import run_glue
 from petl.errors import PetlError
 from petl.report import load_records
@@ -18,8 +20,7 @@ from petl.results import append_jsonl, check_appendable, read_jsonl, remove_appe
 from petl.sweep import main as sweep_main
 from petl.sweep import run_sweep
 
-FAST = ["--model_name_or_path", "minilm-l6", "--num_hidden_layers", "2", "--disable_tqdm", "true", "--seed", "1",
-        "--task_name", "mrpc", "--method", "head", "--split_mode", "heldout", "--max_train_samples", "32",
+FAST = [*FAST_MODEL, "--task_name", "mrpc", "--method", "head", "--split_mode", "heldout", "--max_train_samples", "32",
         "--max_eval_samples", "32", "--num_train_epochs", "1", "--per_device_train_batch_size", "16"]  # fmt: skip
 
 
@@ -141,7 +142,7 @@ def test_results_file_that_cannot_take_a_record_is_refused_before_training(kind,
     def no_training(*args, **kwargs):
         raise AssertionError("data was loaded before --results_file was checked")
 
-    monkeypatch.setattr(run_glue, "load_data", no_training)
+    monkeypatch.setattr(petl.experiment, "load_data", no_training)
     out = tmp_path / "run"
     code = run_glue.main([*FAST, "--output_dir", str(out), "--glue_dir", str(glue_dir), "--results_file", str(target)])
     err = capsys.readouterr().err.strip().splitlines()
@@ -151,7 +152,7 @@ def test_results_file_that_cannot_take_a_record_is_refused_before_training(kind,
     assert not (tmp_path / "new").exists()
 
 
-# ---- sweeps, with run_glue.run replaced by a stand-in: only the bookkeeping is under test
+# ---- sweeps, with petl.experiment.run replaced by a stand-in: only the bookkeeping is under test
 
 
 def _grid(tmp_path, glue_dir, epochs: int = 1, **methods) -> str:
@@ -173,14 +174,14 @@ def _grid(tmp_path, glue_dir, epochs: int = 1, **methods) -> str:
 
 @pytest.fixture
 def ran(monkeypatch) -> list[str]:
-    """run_glue.run recording which cells ran (by output folder) instead of training."""
+    """petl.experiment.run recording which cells ran (by output folder) instead of training."""
     calls = []
 
     def fake_run(model_args, data_args, petl_args, training_args, cache_when_valid=False):
         calls.append(training_args.output_dir)
         return {"task": data_args.task_name, "selection_metric": "accuracy", "reported_metrics": {"test": {"accuracy": 0.5}}}
 
-    monkeypatch.setattr(run_glue, "run", fake_run)
+    monkeypatch.setattr(petl.experiment, "run", fake_run)
     return calls
 
 
@@ -274,21 +275,64 @@ def test_a_sweep_whose_record_cannot_be_appended_stops_with_the_file_as_it_was(t
     assert results.read_text() == '{"earlier": 1}\n'
 
 
-def test_a_run_that_fails_before_its_files_leaves_the_earlier_run_s_files(tmp_path, monkeypatch, glue_dir):
-    """--overwrite_output_dir replaces an earlier run only once the new one has finished evaluating:
-    a failure in the test predictions leaves the earlier delta, predictions and results.json as they were."""
+@pytest.mark.parametrize("fault", ["predictions fail", "results line cannot be appended", "disk full writing the delta"])
+def test_a_run_that_fails_leaves_the_earlier_run_s_files(fault, tmp_path, monkeypatch, capsys, glue_dir):
+    """--overwrite_output_dir replaces an earlier run only once the new one has finished and recorded
+    itself: whatever fails (an evaluation, the results line, a full disk), the earlier delta,
+    predictions and results.json stay as they were, and no staging folder is left."""
+    import petl.core
     from petl.training import PetlTrainer
 
     out = tmp_path / "run"
     argv = [*FAST, "--glue_dir", str(glue_dir), "--output_dir", str(out), "--do_predict", "--overwrite_output_dir"]
     assert run_glue.main(argv) == 0
     earlier = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    paths_before = [p.name for p in out.iterdir()]
     assert any(p.name == "petl_weights.safetensors" for p in earlier) and any(p.suffix == ".tsv" for p in earlier)
+    again = [*argv, "--seed", "2"]  # another seed (the last --seed wins): another delta, had it been saved
+    if fault == "predictions fail":
 
-    def predict_fails(self, *args, **kwargs):
-        raise RuntimeError("out of memory in the test predictions")
+        def predict_fails(self, *args, **kwargs):
+            raise RuntimeError("out of memory in the test predictions")
 
-    monkeypatch.setattr(PetlTrainer, "predict", predict_fails)
-    with pytest.raises(RuntimeError, match="out of memory"):
-        run_glue.main([*argv, "--seed", "2"])  # another seed (the last --seed wins): another delta, had it been saved
+        monkeypatch.setattr(PetlTrainer, "predict", predict_fails)
+        with pytest.raises(RuntimeError, match="out of memory"):
+            run_glue.main(again)
+    else:
+        if fault == "results line cannot be appended":
+            results = tmp_path / "all.jsonl"
+            results.write_text('{"earlier": 1}\n')
+            _fail_after_part(monkeypatch, results)
+            again += ["--results_file", str(results)]
+            expected = "error: --results_file "
+        else:
+
+            def disk_full(tensors, filename):
+                open(filename, "wb").write(b"part")
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+            monkeypatch.setattr(petl.core, "save_file", disk_full)
+            expected = f"error: --output_dir {str(out)!r}: the run's files could not be written (No space left on device)"
+        capsys.readouterr()
+        assert run_glue.main(again) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1].startswith(expected), err[-1:]
     assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == earlier
+    assert sorted(p.name for p in out.iterdir()) == sorted(paths_before)  # no staging folder left over
+
+
+@pytest.mark.parametrize(
+    "methods,message",
+    [
+        ({"typo": {"method": "lroa"}}, "--method 'lroa' is unknown"),
+        ({"drop": {"method": "lora", "lora_dropout": [0.1, 1.5]}}, "--lora_dropout 1.5 is out of range"),
+        ({"mixed": {"method": "head", "lora_rank": 8}}, "--lora_rank was given but --method 'head' does not use it"),
+        ({"rank": {"method": "lora", "lora_rank": "eight"}}, "'lora_rank' is \"eight\"; expected an integer"),
+    ],
+)
+def test_a_bad_cell_anywhere_in_a_grid_is_refused_before_any_cell_trains(methods, message, tmp_path, glue_dir, ran, capsys):
+    path = _grid(tmp_path, glue_dir, good={"method": "lora", "lora_layers": "{layer}"}, **methods)
+    assert sweep_main([path]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"error: grid file {path!r}: ") and message in err[-1], err[-1:]
+    assert ran == [] and not (tmp_path / "faults.jsonl").exists()

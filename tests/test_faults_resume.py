@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, tiny_model
+from conftest import FAST, REPO, tiny_model
 
 import run_glue
 from petl.errors import PetlError
@@ -28,7 +28,6 @@ from petl.training import (
     resolve_resume_checkpoint,
 )
 
-FAST = ["--model_name_or_path", "minilm-l6", "--num_hidden_layers", "2", "--disable_tqdm", "true", "--seed", "1"]
 # 64 examples, 4 steps an epoch, a checkpoint each epoch. Selected by validation loss: epoch 2 (step 8)
 # is the best, epoch 3 is worse and early stopping (patience 1) ends the run there, at step 12.
 RUN = [

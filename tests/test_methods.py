@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TINY, clone, tiny_batch, tiny_model
+from conftest import TINY, clone, perturb, tiny_batch, tiny_model
+from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification, RobertaConfig
 
 from argument_classes import PetlArguments
-from petl.core import apply_petl, load_petl, merge_petl, save_petl, trainable_summary, unmerge_petl
+from petl.core import PETL_WEIGHTS_FILE, apply_petl, load_petl, merge_petl, save_petl, trainable_summary, unmerge_petl
 from petl.errors import PetlError
+from petl.methods.prefix import drop_prefix_mlps
 from petl.registry import make_config
+from petl.state import get_state
 
 ARCHS = ["bert", "roberta", "mpnet"]
 H, I, L = TINY["hidden_size"], TINY["intermediate_size"], TINY["num_hidden_layers"]
@@ -33,15 +36,6 @@ def logits(model, seed=1):
     return model(input_ids=ids, attention_mask=mask).logits
 
 
-def perturb(model, seed=3):
-    """Give every trainable tensor random values, so tests cannot pass on zeros."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(torch.randn(p.shape, generator=g) * 0.1)
-
-
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("method,options", IDENTITY_AT_INIT)
 def test_identity_at_init(arch, method, options):
@@ -55,15 +49,26 @@ def test_identity_at_init(arch, method, options):
 @pytest.mark.parametrize("arch", ARCHS)
 def test_prefix_and_prompt_change_logits_only_through_their_parameters(arch):
     base = tiny_model(arch)
+    base_params = dict(base.named_parameters())
     for cfg in (make_config("prefix", length=3, layers="1"), make_config("prompt", length=2)):
         model = apply_petl(clone(base), [cfg])
         out = logits(model)
         assert out.shape == logits(base).shape and torch.isfinite(out).all()
-        before = {n: p.clone() for n, p in model.named_parameters() if not p.requires_grad}
+        assert not torch.allclose(out, logits(base), rtol=0, atol=1e-6)  # the prefix or prompt changes the logits (~1e-5 here)
+        owner = get_state(model).owner
+        own = {n for n, (method, _) in owner.items() if method == cfg.method}
+        params = dict(model.named_parameters())
+        # the backbone is left as loaded: every tensor the method does not own is the base model's
+        assert all(torch.equal(p, base_params[n]) for n, p in params.items() if n not in owner)
         out.sum().backward()
-        grads = [n for n, p in model.named_parameters() if p.grad is not None]
-        assert grads and all(model.petl_owner[n][0] in (cfg.method, "head") for n in grads)
-        assert all(torch.equal(before[n], p) for n, p in model.named_parameters() if n in before)
+        reached = {n for n, p in params.items() if p.grad is not None and p.grad.abs().sum() > 0}
+        assert own and own <= reached, own - reached  # every prefix/prompt tensor reaches the logits ...
+        assert reached <= own | {n for n, (method, _) in owner.items() if method == "head"}  # ... and no frozen one
+        g = torch.Generator().manual_seed(0)
+        with torch.no_grad():  # and moving them moves the logits
+            for n in own:
+                params[n].add_(torch.randn(params[n].shape, generator=g))
+        assert not torch.allclose(logits(model), out, rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -88,7 +93,7 @@ def test_parameter_counts_equal_the_formula(arch):
         summary = trainable_summary(model)
         assert summary["trainable_parameters_without_head"] == expected, (method, options)
         assert sum(r["parameters"] for r in summary["rows"] if r["method"] == method) == expected
-        head = sum(p.numel() for n, p in model.named_parameters() if model.petl_owner.get(n, ("",))[0] == "head")
+        head = sum(p.numel() for n, p in model.named_parameters() if get_state(model).owner.get(n, ("",))[0] == "head")
         assert summary["head_parameters"] == head > 0
         assert summary["backbone_parameters"] == sum(p.numel() for p in base.parameters()) - head
 
@@ -116,7 +121,7 @@ def test_only_chosen_layers_and_targets_get_parameters(arch):
     model = apply_petl(
         tiny_model(arch), [make_config("lora", targets="q,v", rank=2, layers="1"), make_config("adapter", dim=4, layers="2")]
     )
-    owner = model.petl_owner
+    owner = get_state(model).owner
     lora = {n for n, (m, _) in owner.items() if m == "lora"}
     adapter = {n for n, (m, _) in owner.items() if m == "adapter"}
     assert {owner[n][1] for n in lora} == {1} and {owner[n][1] for n in adapter} == {2}
@@ -191,27 +196,35 @@ def test_save_and_load_round_trip_every_method(arch, tmp_path):
         perturb(model, seed=i)
         save_petl(model, tmp_path / str(i))
         restored = load_petl(clone(base), tmp_path / str(i))
-        assert [c.to_dict() for c in restored.petl_methods] == [c.to_dict() for c in methods]
+        assert [c.to_dict() for c in get_state(restored).methods] == [c.to_dict() for c in methods]
         assert torch.allclose(logits(restored), logits(model), atol=1e-6), methods
 
 
-def test_prefix_mlp_can_be_dropped_after_training():
-    model = apply_petl(tiny_model("bert"), [make_config("prefix", length=2, mlp_dim=8)])
+def test_prefix_mlp_can_be_dropped_after_training(tmp_path):
+    base = tiny_model("bert")
+    model = apply_petl(clone(base), [make_config("prefix", length=2, mlp_dim=8, layers="0,2")])
     perturb(model)
     before = logits(model)
-    for m in model.modules():
-        if hasattr(m, "drop_mlp"):
-            m.drop_mlp()
+    assert drop_prefix_mlps(model) == 2
+    tables = {f"bert.encoder.layer.{i}.attention.self.prefix.{kv}" for i in (0, 2) for kv in ("key", "value")}
+    params = dict(model.named_parameters())
+    assert {n for n in params if ".prefix." in n} == tables  # the MLP and its embedding are gone
+    assert trainable_summary(model)["trainable_parameters_without_head"] == 2 * 2 * 2 * H
     assert torch.allclose(logits(model), before, atol=1e-6)
+    save_petl(model, tmp_path)
+    assert {n for n in load_file(tmp_path / PETL_WEIGHTS_FILE) if ".prefix." in n} == tables  # the delta holds the tables only
+    restored = load_petl(clone(base), tmp_path)
+    assert get_state(restored).methods[0].mlp_dim == 0
+    assert torch.allclose(logits(restored), before, atol=1e-6)
 
 
 def test_combinations_and_conflicts():
     model = apply_petl(tiny_model("bert"), [make_config("adapter", dim=8), make_config("lora")])
-    assert {m for m, _ in model.petl_owner.values()} == {"adapter", "lora", "head"}
+    assert {m for m, _ in get_state(model).owner.values()} == {"adapter", "lora", "head"}
     for bad, match in [
         ("full,lora", "cannot be combined"),
         ("head,lora", "cannot be combined"),
-        ("houlsby,pfeiffer", "adapter presets"),
+        ("houlsby,pfeiffer", "which are all adapter methods"),
         ("lora,lora", "twice"),
         ("dora", "unknown"),
     ]:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import peft
 import pytest
 import torch
-from conftest import TINY, clone, tiny_batch, tiny_model
+from conftest import TINY, clone, decoder_batch, perturb, tiny_batch, tiny_decoder, tiny_model
 
 from petl.core import apply_petl
 from petl.errors import PetlError
 from petl.peft_export import export_peft
 from petl.registry import make_config
+from petl.state import get_state
 
 H, L = TINY["hidden_size"], TINY["num_hidden_layers"]
 
@@ -20,18 +21,14 @@ def logits(model, **extra):
     return model(input_ids=ids, attention_mask=mask, **extra).logits
 
 
-def _perturb(model, seed=5):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(torch.randn(p.shape, generator=g) * 0.2)
+def _perturb(model):
+    perturb(model, seed=5, scale=0.2)
 
 
 def _copy_head(ours, theirs):
     theirs_params = dict(theirs.named_parameters())
     with torch.no_grad():
-        for name, (method, _) in ours.petl_owner.items():
+        for name, (method, _) in get_state(ours).owner.items():
             if method == "head":
                 module, _, rest = name.partition(".")  # PEFT keeps a trained copy of the head: <module>.modules_to_save.default.*
                 target = [p for n, p in theirs_params.items() if n.endswith(name) or n.endswith(f"{module}.modules_to_save.default.{rest}")]
@@ -114,15 +111,11 @@ def test_prompt_at_start_equals_peft_prompt_tuning():
 
 
 def _decoder(kind):
-    from test_decoders import tiny_decoder
-
     return tiny_decoder(kind, pooler="model")
 
 
 def _decoder_logits(model):
-    from test_decoders import batch
-
-    ids, mask = batch()
+    ids, mask = decoder_batch()
     return model(input_ids=ids, attention_mask=mask).logits
 
 
@@ -197,9 +190,7 @@ def test_decoder_prefix_with_shifted_positions_equals_peft(kind):
     else:
         # PEFT 0.21's prefix forward passes use_cache twice to transformers 5.23's Llama classifier
         # (TypeError); do what it does by hand: its own key/value cache and a widened mask
-        from test_decoders import batch
-
-        ids, mask = batch()
+        ids, mask = decoder_batch()
         with torch.no_grad():
             cache = theirs.get_prompt(batch_size=ids.shape[0])
             wide = torch.cat([mask.new_ones(ids.shape[0], p), mask], dim=1)

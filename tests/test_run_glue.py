@@ -8,21 +8,11 @@ import os
 
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, run_glue_main
 
 import run_glue
 from petl.data import plan_splits, read_glue_split
 from petl.tasks import get_task
-
-FAST = ["--model_name_or_path", "minilm-l6", "--num_hidden_layers", "2", "--disable_tqdm", "true", "--seed", "1"]
-
-
-def main(args, tmp_path, name="run", glue_dir=None):
-    out = tmp_path / name
-    argv = [*FAST, "--output_dir", str(out), *args]
-    if glue_dir is not None:
-        argv += ["--glue_dir", str(glue_dir)]
-    return run_glue.main(argv), out
 
 
 @pytest.mark.parametrize(
@@ -42,7 +32,7 @@ def main(args, tmp_path, name="run", glue_dir=None):
     ],
 )
 def test_bad_input_is_one_clear_line_and_nonzero_exit(args, message, tmp_path, capsys, glue_dir):
-    code, out = main([*args, "--dry_run"] if "--no_such_flag" not in args else args, tmp_path, glue_dir=glue_dir)
+    code, out = run_glue_main([*args, "--dry_run"] if "--no_such_flag" not in args else args, tmp_path, glue_dir=glue_dir)
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert err and message in err[-1], err[-1:]
@@ -51,7 +41,7 @@ def test_bad_input_is_one_clear_line_and_nonzero_exit(args, message, tmp_path, c
 
 def test_missing_column_in_custom_file(tmp_path, capsys):
     (tmp_path / "train.csv").write_text("text,label\na,0\nb,1\n")
-    code, _ = main(
+    code, _ = run_glue_main(
         ["--train_file", str(tmp_path / "train.csv"), "--validation_file", str(tmp_path / "train.csv"), "--text_columns", "sentence"],
         tmp_path,
     )
@@ -62,7 +52,7 @@ def test_earlier_results_are_never_overwritten_without_the_flag(tmp_path, capsys
     out = tmp_path / "run"
     out.mkdir()
     (out / "results.json").write_text('{"earlier": true}')
-    code, _ = main(["--task_name", "mrpc", "--method", "head"], tmp_path, glue_dir=glue_dir)
+    code, _ = run_glue_main(["--task_name", "mrpc", "--method", "head"], tmp_path, glue_dir=glue_dir)
     assert code == 2 and "--overwrite_output_dir" in capsys.readouterr().err
     assert json.loads((out / "results.json").read_text()) == {"earlier": True}
 
@@ -108,7 +98,7 @@ def test_short_real_run_beats_majority_and_reloads(tmp_path, glue_dir):
     """The foundation path end to end: ffn tuning, results record, JSONL, delta-only save, reload."""
     args = ["--task_name", "mrpc", *SHORT_RUN, "--method", "ffn", "--learning_rate", "3e-4",
             "--results_file", str(tmp_path / "all.jsonl")]  # fmt: skip
-    code, out = main(args, tmp_path, glue_dir=glue_dir)
+    code, out = run_glue_main(args, tmp_path, glue_dir=glue_dir)
     assert code == 0
     record = json.loads((out / "results.json").read_text())
     for field in REQUIRED_FIELDS:
@@ -126,7 +116,7 @@ def test_short_real_run_beats_majority_and_reloads(tmp_path, glue_dir):
     saved = load_file(str(out / "petl_weights.safetensors"))
     assert sum(t.numel() for t in saved.values()) == record["trainable_parameters"]
     assert record["trainable_parameters_without_head"] == 2 * (2 * 384 * 1536 + 1536 + 384)
-    code, out2 = main(["--task_name", "mrpc", "--pooler_type", "avg", "--load_petl", str(out),
+    code, out2 = run_glue_main(["--task_name", "mrpc", "--pooler_type", "avg", "--load_petl", str(out),
                        "--results_file", str(tmp_path / "all.jsonl")], tmp_path, "reload", glue_dir=glue_dir)  # fmt: skip
     assert code == 0
     again = json.loads((out2 / "results.json").read_text())
@@ -144,7 +134,7 @@ SLOW_RUNS = {"adapter", "bitfit", "prefix", "prompt", "full", "adapter+lora"}
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_RUNS else n for n in METHOD_RUNS])
 def test_each_method_short_real_run_beats_majority(name, tmp_path, glue_dir):
-    code, out = main(["--task_name", "mrpc", *SHORT_RUN, *METHOD_RUNS[name]], tmp_path, glue_dir=glue_dir)
+    code, out = run_glue_main(["--task_name", "mrpc", *SHORT_RUN, *METHOD_RUNS[name]], tmp_path, glue_dir=glue_dir)
     assert code == 0
     _assert_beats_majority(json.loads((out / "results.json").read_text()), glue_dir)
 
@@ -153,7 +143,7 @@ def test_head_only_real_run_beats_majority_on_sst2(tmp_path, glue_dir):
     """A frozen 2-layer MiniLM carries no usable paraphrase signal for a head alone (MRPC: at the majority
     class, measured), but it does carry sentiment: the head-only baseline is checked on SST-2."""
     args = ["--task_name", "sst2", *SHORT_RUN, "--max_train_samples", "2000", "--method", "head", "--head_lr", "1e-2"]
-    code, out = main(args, tmp_path, glue_dir=glue_dir)
+    code, out = run_glue_main(args, tmp_path, glue_dir=glue_dir)
     assert code == 0
     test = json.loads((out / "results.json").read_text())["test_metrics"]
     majority, prior_loss = _test_half_baseline(glue_dir, "sst2")

@@ -14,10 +14,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from petl.arch import arch_for, layer_module
 from petl.errors import PetlError
 from petl.layers import check_layer_spec
-from petl.methods.hooks import arch_for, chosen_layers, layer_module, owned_parameters, parse_targets
-from petl.registry import MethodConfig, MethodEntry, register
+from petl.methods.targets import chosen_layers, owned_parameters, parse_targets
+from petl.registry import MethodConfig, MethodEntry, option, register
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "swish": nn.SiLU, "tanh": nn.Tanh}
 PLACEMENTS = ("ffn", "attn")
@@ -25,15 +26,15 @@ PLACEMENTS = ("ffn", "attn")
 
 @dataclass
 class AdapterConfig(MethodConfig):
-    style: str = "serial"
-    placement: str = "ffn"
-    dim: int = 64
-    activation: str = "relu"
-    scaling: str = "1.0"
-    layernorm: bool = False
-    layernorm_affine: bool = True
-    init: str = "identity"
-    layers: str = "all"
+    style: str = option("serial", "serial or parallel.")
+    placement: str = option("ffn", "ffn, attn, or ffn,attn.")
+    dim: int = option(64, "Bottleneck size, 1 up to the FFN's width (over-complete above hidden).")
+    activation: str = option("relu", "relu, gelu, swish or tanh.")
+    scaling: str = option("1.0", "Output scale: a number, or 'learned'.")
+    layernorm: bool = option(False, "LayerNorm on the adapter input (origin paper).")
+    layernorm_affine: bool = option(True, "Affine parameters for that LayerNorm.")
+    init: str = option("identity", "identity (zero up-projection) or default.")
+    layers: str = option("all", "Layers that get adapters.")
 
     def validate(self) -> None:
         if self.style not in ("serial", "parallel"):
@@ -127,12 +128,17 @@ def apply_adapter(model: nn.Module, config: AdapterConfig) -> dict[str, int | No
     return owned
 
 
+# adapter and its presets form one group (one adapter method per run) and search the same knobs
+ADAPTER_SPACE = {"learning_rate": {"loguniform": [1e-4, 1e-2]}, "adapter_dim": {"choice": [16, 32, 64]}}
+
 register(
     MethodEntry(
         "adapter",
         AdapterConfig,
         apply_adapter,
         flag_prefix="adapter",
+        group="adapter",
+        search_space=ADAPTER_SPACE,
         description="bottleneck adapters, serial or parallel, after attention and/or FFN",
     )
 )
@@ -142,6 +148,8 @@ register(
         AdapterConfig,
         apply_adapter,
         flag_prefix="adapter",
+        group="adapter",
+        search_space=ADAPTER_SPACE,
         preset={"style": "serial", "placement": "attn,ffn"},
         description="Houlsby adapters: serial, after attention and after FFN",
     )
@@ -152,6 +160,8 @@ register(
         AdapterConfig,
         apply_adapter,
         flag_prefix="adapter",
+        group="adapter",
+        search_space=ADAPTER_SPACE,
         preset={"style": "serial", "placement": "ffn"},
         description="Pfeiffer adapters: serial, after FFN",
     )
@@ -162,6 +172,8 @@ register(
         AdapterConfig,
         apply_adapter,
         flag_prefix="adapter",
+        group="adapter",
+        search_space=ADAPTER_SPACE,
         preset={"style": "parallel", "placement": "ffn"},
         description="parallel FFN adapter (He et al. 2022)",
     )

@@ -8,13 +8,13 @@ from torch import nn
 
 from petl.arch import arch_for, layer_module, num_layers
 from petl.layers import check_layer_spec, parse_layers
-from petl.registry import MethodConfig, MethodEntry, register
+from petl.registry import MethodConfig, MethodEntry, nothing_to_fold, option, register
 
 
 @dataclass
 class FfnConfig(MethodConfig):
-    layers: str = "all"
-    include_layernorm: bool = False  # also train the FFN block's LayerNorm
+    layers: str = option("all", "Layers whose FFN trains (e.g. 5, 0,3, 8-11, all).")
+    include_layernorm: bool = option(False, "Also train the FFN LayerNorm.")
 
     def validate(self) -> None:
         check_layer_spec(self.layers, "ffn_layers")
@@ -43,5 +43,8 @@ register(
         flag_prefix="ffn",
         new_parameters=False,
         description="train only the FFN (two projections, optionally its LayerNorm) of chosen layers",
+        merge=nothing_to_fold,
+        unmerge=nothing_to_fold,
+        search_space={"learning_rate": {"loguniform": [1e-5, 1e-3]}},
     )
 )

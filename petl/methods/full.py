@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from petl.registry import MethodConfig, MethodEntry, register
+from petl.arch import layer_of_parameter
+from petl.registry import MethodConfig, MethodEntry, nothing_to_fold, register
 
 
 @dataclass
@@ -20,8 +21,6 @@ class HeadConfig(MethodConfig):
 
 
 def apply_full(model: nn.Module, config: FullConfig) -> dict[str, int | None]:
-    from petl.core import layer_of_parameter
-
     owned = {}
     for name, param in model.named_parameters():
         param.requires_grad_(True)
@@ -42,6 +41,9 @@ register(
         new_parameters=False,
         exclusive=True,
         description="full fine-tuning: every weight trains",
+        merge=nothing_to_fold,
+        unmerge=nothing_to_fold,
+        search_space={"learning_rate": {"loguniform": [1e-5, 2e-4]}},
     )
 )
 register(
@@ -53,5 +55,8 @@ register(
         new_parameters=False,
         exclusive=True,
         description="frozen backbone, only the classification head trains (the 'raw' baseline)",
+        merge=nothing_to_fold,
+        unmerge=nothing_to_fold,
+        search_space={},  # the head's rate is in the common space; --learning_rate trains nothing
     )
 )

@@ -4,7 +4,8 @@ A sentence encoder reads each input; a bottleneck MLP (encoder hidden -> `hidden
 hidden) turns its pooled output into that instance's P prompt vectors, inserted at the model's
 input embeddings like prompt tuning's. The encoder has its own tokenizer: it reads the raw text,
 tokenised by the data pipeline into `idpg_input_ids` / `idpg_attention_mask` (see
-`petl_extra_inputs`), which the pre-hook removes from the model's inputs.
+the model's `PetlState.extra_inputs`), which the pre-hook removes from the model's inputs (the
+extra-inputs contract, in petl.registry's docstring).
 
 Variants:
 - original:    frozen encoder (always in eval mode, no dropout), generator trains;
@@ -24,9 +25,10 @@ from torch import nn
 
 from petl.arch import arch_for, backbone_of, get_module
 from petl.errors import PetlError
-from petl.methods.hooks import full_name
 from petl.methods.prompt import attach_input_prompts, validate_position
-from petl.registry import MethodConfig, MethodEntry, register
+from petl.methods.targets import full_name
+from petl.registry import MethodConfig, MethodEntry, option, register
+from petl.state import attach_state
 
 IDPG_VARIANTS = ("original", "trained", "prompt_only", "reparam")
 IDPG_POOLING = ("cls", "avg", "last")
@@ -35,12 +37,14 @@ EXTRA_INPUT_PREFIX = "idpg"
 
 @dataclass
 class IdpgConfig(MethodConfig):
-    encoder: str = "minilm-l6"
-    pooling: str = "avg"
-    hidden: int = 256
-    prompt_length: int = 5
-    variant: str = "original"
-    position: str = "auto"
+    encoder: str = option("minilm-l6", "Sentence encoder: packaged alias, local folder or hub id.")
+    pooling: str = option("avg", "Encoder pooling: cls, avg or last.")
+    hidden: int = option(256, "Generator bottleneck width.")
+    prompt_length: int = option(5, "Prompt vectors generated per input.")
+    variant: str = option(
+        "original", "original (frozen encoder), trained (encoder trains), prompt_only (one shared prompt), reparam (no encoder)."
+    )
+    position: str = option("auto", "Where prompts go: auto, after_cls, start.")
 
     def validate(self) -> None:
         if self.prompt_length < 1:
@@ -139,7 +143,7 @@ class InstancePrompts(nn.Module):
         if input_ids is None:
             raise PetlError(
                 "IDPG needs the encoder's own inputs (idpg_input_ids, idpg_attention_mask); tokenise the raw text "
-                "with petl.data.tokenize_split(..., extra_tokenizers=model.petl_extra_inputs)"
+                "with petl.data.tokenize_split(..., extra_tokenizers=petl.state.get_state(model).extra_inputs)"
             )
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
         if token_type_ids is not None:
@@ -161,7 +165,7 @@ def apply_idpg(model: nn.Module, config: IdpgConfig) -> dict[str, int | None | t
     model.idpg.train(model.training)
     attach_input_prompts(model, model.idpg, config.position, extra_prefix=EXTRA_INPUT_PREFIX)
     if config.variant in ("original", "trained"):
-        model.petl_extra_inputs = {**getattr(model, "petl_extra_inputs", {}), EXTRA_INPUT_PREFIX: tokenizer}
+        attach_state(model).extra_inputs[EXTRA_INPUT_PREFIX] = tokenizer  # the extra-inputs contract: petl.registry
     prefix = full_name(model, model.idpg)
     owned: dict[str, tuple[int | None, str]] = {}
     for name, _ in model.idpg.generator.named_parameters():
@@ -187,5 +191,6 @@ register(
         group="input prompt",
         pretrained_parts=("encoder",),
         description="instance-dependent prompts: a sentence encoder + bottleneck MLP generate each input's prompt",
+        search_space={"learning_rate": {"loguniform": [1e-4, 1e-2]}, "idpg_prompt_length": {"choice": [1, 5, 10]}},
     )
 )

@@ -13,22 +13,22 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from petl.arch import projection_features, slot_range
+from petl.arch import arch_for, projection_features, slot_range
 from petl.errors import PetlError
 from petl.layers import check_layer_spec
-from petl.methods.hooks import arch_for, chosen_layers, owned_parameters, parse_targets, target_module
-from petl.registry import MethodConfig, MethodEntry, register
+from petl.methods.targets import chosen_layers, owned_parameters, parse_targets, target_module
+from petl.registry import MethodConfig, MethodEntry, option, register
 
 LORA_TARGETS = ("q", "k", "v", "o", "ffn_in", "ffn_out")
 
 
 @dataclass
 class LoraConfig(MethodConfig):
-    targets: str = "q,v"
-    rank: int = 8
-    alpha: float = 16.0
-    dropout: float = 0.0
-    layers: str = "all"
+    targets: str = option("q,v", "Subset of q,k,v,o,ffn_in,ffn_out.")
+    rank: int = option(8, "LoRA rank r.")
+    alpha: float = option(16.0, "LoRA alpha; the update is scaled by alpha/rank.")
+    dropout: float = option(0.0, "Dropout on the LoRA input.")
+    layers: str = option("all", "Layers that get LoRA.")
 
     def validate(self) -> None:
         parse_targets(self.targets, LORA_TARGETS, "lora_targets")
@@ -84,7 +84,7 @@ def attach_lora(
         module.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         module.lora_scaling = alpha / rank
         module.lora_merged = False
-        module.register_forward_hook(_lora_hook, prepend=True)  # before adapters on the same module
+        module.register_forward_hook(_lora_hook, prepend=True)  # additive: first (the hook-order rule, petl.registry)
     module.lora_slots[slot] = columns
 
 
@@ -130,6 +130,13 @@ def merge_lora(model: nn.Module, merge: bool = True) -> int:
 
 register(
     MethodEntry(
-        "lora", LoraConfig, apply_lora, flag_prefix="lora", description="low-rank updates of chosen projections (q,k,v,o,ffn_in,ffn_out)"
+        "lora",
+        LoraConfig,
+        apply_lora,
+        flag_prefix="lora",
+        description="low-rank updates of chosen projections (q,k,v,o,ffn_in,ffn_out)",
+        merge=lambda model: merge_lora(model, merge=True),
+        unmerge=lambda model: merge_lora(model, merge=False),
+        search_space={"learning_rate": {"loguniform": [1e-4, 1e-2]}, "lora_rank": {"choice": [4, 8, 16]}},
     )
 )

@@ -24,19 +24,20 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from petl.arch import attention_geometry, backbone_of, get_module
+from petl.arch import arch_for, attention_geometry, backbone_of, get_module, layer_module
 from petl.errors import PetlError
 from petl.layers import check_layer_spec
-from petl.methods.hooks import arch_for, bind_arguments, chosen_layers, layer_module, owned_parameters, unbind
-from petl.registry import MethodConfig, MethodEntry, register
+from petl.methods.forward_args import bind_arguments, unbind
+from petl.methods.targets import chosen_layers, owned_parameters
+from petl.registry import MethodConfig, MethodEntry, option, register
 
 
 @dataclass
 class PrefixConfig(MethodConfig):
-    length: int = 10
-    layers: str = "all"
-    mlp_dim: int = 0
-    shift_positions: bool = False
+    length: int = option(10, "Number of prefix key/value vectors per layer.")
+    layers: str = option("all", "Layers that get prefixes.")
+    mlp_dim: int = option(0, "0: direct prefixes; >0: reparameterisation MLP width.")
+    shift_positions: bool = option(False, "Real tokens' positions start at prefix_length (PEFT/P-tuning v2).")
 
     def validate(self) -> None:
         if self.length < 1:
@@ -74,6 +75,29 @@ class Prefix(nn.Module):
         k, v = self.key_value()
         del self.mlp, self.embedding
         self.key, self.value = nn.Parameter(k.clone()), nn.Parameter(v.clone())
+
+
+def drop_prefix_mlps(model: nn.Module) -> int:
+    """After training: replace every prefix's MLP by the key/value tables it produces (logits unchanged),
+    and say so in the model's state, so `save_petl` writes only the tables, with a config (`mlp_dim` 0)
+    that rebuilds them. Returns how many prefixes changed."""
+    from dataclasses import replace
+
+    from petl.state import get_state
+
+    state = get_state(model)
+    with_mlp = [(name, m) for name, m in model.named_modules() if isinstance(m, Prefix) and hasattr(m, "mlp")]
+    for name, prefix in with_mlp:
+        layer = state.owner.pop(f"{name}.embedding")[1]
+        for stale in [n for n in state.owner if n.startswith(f"{name}.mlp.")]:
+            del state.owner[stale]
+        prefix.drop_mlp()
+        for attr in ("key", "value"):
+            getattr(prefix, attr).petl_no_decay = True
+            state.owner[f"{name}.{attr}"] = ("prefix", layer)
+    if with_mlp:
+        state.methods = [replace(c, mlp_dim=0) if isinstance(c, PrefixConfig) else c for c in state.methods]
+    return len(with_mlp)
 
 
 def _pad_mask(mask: torch.Tensor | None, p: int, t: int) -> torch.Tensor | None:
@@ -263,4 +287,13 @@ def apply_prefix(model: nn.Module, config: PrefixConfig) -> dict[str, int | None
     return owned
 
 
-register(MethodEntry("prefix", PrefixConfig, apply_prefix, flag_prefix="prefix", description="learned key/value prefixes at chosen layers"))
+register(
+    MethodEntry(
+        "prefix",
+        PrefixConfig,
+        apply_prefix,
+        flag_prefix="prefix",
+        description="learned key/value prefixes at chosen layers",
+        search_space={"learning_rate": {"loguniform": [1e-3, 1e-1]}, "prefix_length": {"choice": [5, 10, 20]}},
+    )
+)

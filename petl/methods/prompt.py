@@ -15,18 +15,19 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from petl.arch import backbone_of, get_module
+from petl.arch import arch_for, backbone_of, get_module
 from petl.errors import PetlError
-from petl.methods.hooks import arch_for, bind_arguments, owned_parameters, unbind
-from petl.registry import MethodConfig, MethodEntry, register
+from petl.methods.forward_args import bind_arguments, unbind
+from petl.methods.targets import owned_parameters
+from petl.registry import MethodConfig, MethodEntry, option, register
 
 
 @dataclass
 class PromptConfig(MethodConfig):
-    length: int = 10
-    init: str = "random"
-    init_text: str = ""
-    position: str = "auto"
+    length: int = option(10, "Number of soft prompt tokens.")
+    init: str = option("random", "random, vocab, or text.")
+    init_text: str = option("", "Text whose token embeddings initialise prompts.")
+    position: str = option("auto", "after_cls: after the first token; start: before it (as PEFT); auto: after_cls, start on decoders.")
 
     def validate(self) -> None:
         if self.length < 1:
@@ -141,5 +142,6 @@ register(
         flag_prefix="prompt",
         group="input prompt",
         description="soft prompt tokens at the input embeddings",
+        search_space={"learning_rate": {"loguniform": [1e-3, 3e-1]}, "prompt_length": {"choice": [5, 10, 20]}},
     )
 )

@@ -13,16 +13,16 @@ import torch
 from torch import nn
 
 from petl.errors import PetlError
-from petl.methods.hooks import owned_parameters
 from petl.methods.prompt import PROMPT_POSITIONS, attach_input_prompts, validate_position
-from petl.registry import MethodConfig, MethodEntry, register
+from petl.methods.targets import owned_parameters
+from petl.registry import MethodConfig, MethodEntry, option, register
 
 
 @dataclass
 class PtuningConfig(MethodConfig):
-    length: int = 10
-    hidden: int = 0  # LSTM hidden size per direction and MLP width; 0: the model's hidden size // 2
-    position: str = "auto"
+    length: int = option(10, "Number of prompt vectors.")
+    hidden: int = option(0, "BiLSTM hidden size per direction (0: model hidden // 2).")
+    position: str = option("auto", "Where prompts go: auto, after_cls, start.")
 
     def validate(self) -> None:
         if self.length < 1:
@@ -65,5 +65,6 @@ register(
         flag_prefix="ptuning",
         group="input prompt",
         description=f"P-tuning: prompts from a BiLSTM+MLP prompt encoder (positions: {', '.join(PROMPT_POSITIONS)})",
+        search_space={"learning_rate": {"loguniform": [1e-4, 3e-2]}, "ptuning_length": {"choice": [5, 10, 20]}},
     )
 )

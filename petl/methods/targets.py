@@ -1,12 +1,11 @@
-"""Shared helpers: resolve targets through the architecture map, attach hooks, bind arguments."""
+"""Where a method attaches: parse a target list, choose layers, resolve an architecture-map path to its
+module, and name the parameters a method owns (the `{param_name: layer}` its `apply` returns)."""
 
 from __future__ import annotations
 
-import inspect
-
 from torch import nn
 
-from petl.arch import arch_for, layer_module, num_layers, split_slot
+from petl.arch import layer_module, num_layers, split_slot
 from petl.errors import PetlError
 from petl.layers import parse_layers
 
@@ -51,33 +50,3 @@ def owned_parameters(model: nn.Module, module: nn.Module, layer: int | None, att
             for n, _ in obj.named_parameters():
                 out[f"{prefix}{attr}.{n}"] = layer
     return out
-
-
-def bind_arguments(module: nn.Module, args: tuple, kwargs: dict) -> inspect.BoundArguments:
-    """Bind a forward call's arguments by name, whether they came positionally or as keywords."""
-    sig = getattr(module, "_petl_signature", None)
-    if sig is None:
-        sig = inspect.signature(module.forward)
-        module._petl_signature = sig
-    return sig.bind_partial(*args, **kwargs)
-
-
-def unbind(bound: inspect.BoundArguments) -> tuple[tuple, dict]:
-    """A pre-hook's (args, kwargs) from bound arguments: every argument that can go by name goes
-    by name. (Passing them positionally breaks forwards wrapped by transformers' output-capturing
-    decorator, which adds keyword defaults such as `use_cache` of its own.)"""
-    args, kwargs = [], {}
-    for name, value in bound.arguments.items():
-        kind = bound.signature.parameters[name].kind
-        if kind == inspect.Parameter.POSITIONAL_ONLY:
-            args.append(value)
-        elif kind == inspect.Parameter.VAR_POSITIONAL:
-            args.extend(value)
-        elif kind == inspect.Parameter.VAR_KEYWORD:
-            kwargs.update(value)
-        else:
-            kwargs[name] = value
-    return tuple(args), kwargs
-
-
-__all__ = ["arch_for", "layer_module", "target_module", "parse_targets", "chosen_layers", "owned_parameters", "bind_arguments", "unbind"]
