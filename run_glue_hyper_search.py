@@ -4,452 +4,67 @@
     python run_glue_hyper_search.py --task_name rte --method adapter --search_trials 4 --num_train_epochs 5
     python run_glue_hyper_search.py --search_scheduler asha --search_space sweeps/space.yaml ...
 
-Every trial calls `petl.experiment.run`, the pipeline of run_glue.py (same arguments, methods, data
-splits and selection metric), with a callback that reports each validation result to Tune together with a checkpoint holding only what
-is trained (method delta, head, optimizer, scheduler). PBT exploits restore the donor's checkpoint
-and then apply the mutated learning rates and weight decay (petl/training.py,
-`_load_optimizer_and_scheduler`). Finally the best trial's final configuration is retrained with a
-fresh seed and evaluated on the held-out test split, as an ordinary results.json record.
-Search spaces: petl/search.py.
-
-Every argument, the search space and the output folder are checked before the folder is made or Ray
-starts. `--resume` loads Ray's pickles from the output folder, so it accepts only a folder that a
-search of this user created and signed (petl/search.py, MARKER_FILE), writable by no one else.
+The same program as the `petl-search` console command: a thin script over petl/hyper_search.py
+(which documents the search; search spaces: petl/search.py). Bad arguments or search spaces stop
+with one `error:` line and exit status 2 before any folder is made or Ray starts.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import logging
-import math
-import os
-import shutil
 import sys
-import tempfile
-from dataclasses import dataclass, field
-from pathlib import Path
 
-from argument_classes import ARGUMENT_CLASSES
-from petl.errors import PetlError, exit_status
-
-logger = logging.getLogger("run_glue_hyper_search")
-REPO = Path(__file__).resolve().parent
-
-
-@dataclass
-class SearchArguments:
-    search_scheduler: str = field(default="pbt", metadata={"help": "pbt (population-based training) or asha."})
-    search_trials: int = field(default=4, metadata={"help": "Population size (pbt) or number of trials (asha)."})
-    search_metric: str | None = field(default=None, metadata={"help": "Validation metric; default: the task's selection metric."})
-    search_space: str | None = field(default=None, metadata={"help": "YAML/JSON search space; default: per method (petl/search.py)."})
-    perturbation_interval: int = field(default=1, metadata={"help": "PBT: evaluations between exploit/explore steps."})
-    cpus_per_trial: float = field(default=1.0, metadata={"help": "CPUs per trial."})
-    gpus_per_trial: float = field(default=0.0, metadata={"help": "GPUs per trial."})
-    ray_address: str | None = field(default=None, metadata={"help": "Existing Ray cluster (e.g. auto); default: a local one."})
-    max_failures: int = field(default=1, metadata={"help": "Retries of a failed trial."})
-    resume: bool = field(
-        default=False,
-        metadata={
-            "help": "Resume an interrupted search in the same output_dir. This LOADS PICKLES from the output folder (Ray's "
-            "tuner.pkl, trial state, checkpoints), and a crafted pickle runs code: only a folder that a search of yours "
-            "created (its signed .petl_search.json marker), owned by you and writable by no one else, is accepted."
-        },
-    )
-    final_retrain: bool = field(default=True, metadata={"help": "Retrain the best configuration with a fresh seed and report test."})
-    search_seed: int = field(default=0, metadata={"help": "Seed of the search (sampling, PBT decisions)."})
-
-
-ARG_CLASSES = (*ARGUMENT_CLASSES, SearchArguments)
-
-
-def parse_args(argv: list[str] | None = None) -> tuple:
-    """The five argument objects from the command line or one JSON args file (keys and value types
-    checked as run_glue.py checks its own: one line naming key, file, line, value and expected type)."""
-    from argument_classes import ArgumentParser, arguments_from_dict, is_args_file, read_args_file
-
-    argv = sys.argv[1:] if argv is None else argv
-    if is_args_file(argv):
-        values, text = read_args_file(argv[0])
-        where = f"argument file {argv[0]!r}"
-        return arguments_from_dict(values, where, source_text=text, classes=ARG_CLASSES, program="run_glue_hyper_search.py")
-    return ArgumentParser(ARG_CLASSES).parse_args_into_dataclasses(args=argv)
-
-
-def check_search_arguments(search_args: SearchArguments) -> None:
-    """The search's own flags, before any folder is made or Ray is started."""
-    if search_args.search_scheduler not in ("pbt", "asha"):
-        raise PetlError(f"--search_scheduler {search_args.search_scheduler!r} is not one of pbt, asha")
-    if search_args.search_trials < 1:
-        raise PetlError(f"--search_trials {search_args.search_trials} is invalid; allowed: >= 1")
-    if search_args.perturbation_interval < 1:
-        raise PetlError(f"--perturbation_interval {search_args.perturbation_interval} is invalid; allowed: >= 1 (evaluations)")
-    if not (math.isfinite(search_args.cpus_per_trial) and search_args.cpus_per_trial > 0):
-        raise PetlError(f"--cpus_per_trial {search_args.cpus_per_trial} is invalid; allowed: a finite number > 0")
-    if not (math.isfinite(search_args.gpus_per_trial) and search_args.gpus_per_trial >= 0):
-        raise PetlError(f"--gpus_per_trial {search_args.gpus_per_trial} is invalid; allowed: a finite number >= 0")
-    if search_args.max_failures < -1:
-        raise PetlError(f"--max_failures {search_args.max_failures} is invalid; allowed: >= 0, or -1 for unlimited retries")
-
-
-@dataclass(frozen=True)
-class Objective:
-    """What the search optimises: one validation metric, which each trial reports as `eval_<metric>`."""
-
-    metric: str
-    mode: str  # "max" or "min"
-
-    @property
-    def key(self) -> str:
-        return f"eval_{self.metric}"
-
-
-def search_objective(data_args, training_args, search_args: SearchArguments) -> Objective:
-    """--search_metric, else --metric_for_best_model, else the task's selection metric: the choice a
-    run makes for its best state (petl.metrics.selection_metric); it must be one the task reports."""
-    from petl.metrics import greater_is_better, selection_metric, validation_metric_names
-    from petl.tasks import get_task
-
-    task = get_task(data_args.task_name) if data_args.task_name else None
-    task_name = task.name if task else None
-    metric = selection_metric(task_name, bool(task and task.is_regression), search_args.search_metric, training_args.metric_for_best_model)
-    reported = validation_metric_names(task_name)
-    if metric not in reported:
-        where = "--search_metric" if search_args.search_metric else "--metric_for_best_model"
-        raise PetlError(f"{where} {metric!r} is not reported for this task; allowed: {', '.join(reported)}")
-    return Objective(metric, "max" if greater_is_better(metric) else "min")
-
-
-def check_search(argv: list[str], arguments: tuple, search_args: SearchArguments) -> tuple[dict, Objective]:
-    """Every argument, the search space and the objective, checked before any folder is made or Ray
-    starts; returns (space, objective)."""
-    from argument_classes import given_argument_names
-    from argument_classes.checks import check_numbers
-    from petl.search import load_space
-
-    model_args, data_args, petl_args, training_args = arguments
-    check_search_arguments(search_args)
-    check_numbers(model_args, data_args, petl_args, training_args)
-    methods = petl_args.method_names()
-    petl_args.method_configs(given_argument_names(argv, ARG_CLASSES))  # flag validation before any trial starts
-    if petl_args.dry_run:
-        raise PetlError("--dry_run: a search needs trials that train; check the arguments with run_glue.py --dry_run instead")
-    space = load_space(search_args.search_space, methods, search_args.search_scheduler)
-    objective = search_objective(data_args, training_args, search_args)
-    if training_args.eval_strategy == "no":
-        raise PetlError("--eval_strategy no leaves the search nothing to compare; use epoch or steps")
-    return space, objective
-
-
-def prepare_search_folder(out_dir: Path, search_args: SearchArguments, overwrite: bool) -> bool:
-    """Check the output folder (on --resume: that it may be trusted with unpickling), then create or
-    take it over and sign it with the marker. Returns whether there is Ray state to resume."""
-    from petl.search import MARKER_FILE, check_resumable, write_marker
-
-    results_file = out_dir / "search_results.json"
-    state_dir = out_dir / "ray" / "search"
-    if out_dir.exists() and not out_dir.is_dir():
-        raise PetlError(f"--output_dir {str(out_dir)!r} is a file; allowed: a folder (new or one a search created)")
-    if search_args.resume:
-        if overwrite:
-            raise PetlError("--resume continues the search in --output_dir and --overwrite_output_dir starts it afresh; give one")
-        if out_dir.exists():
-            check_resumable(out_dir)  # before Ray unpickles anything from it
-            return state_dir.exists()
-        logger.info("--resume: %s does not exist, nothing to resume; starting a new search", out_dir)
-    elif (results_file.exists() or state_dir.exists()) and not overwrite:
-        raise PetlError(f"--output_dir {str(out_dir)!r} already holds a search; pass --resume or --overwrite_output_dir")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        if state_dir.exists():  # --overwrite_output_dir: a new search never leaves old pickles to a later --resume
-            shutil.rmtree(state_dir)
-        write_marker(out_dir)
-    except OSError as err:
-        raise PetlError(f"--output_dir {str(out_dir)!r} cannot be written ({err.strerror or err}); allowed: a writable folder") from None
-    if os.stat(out_dir).st_mode & 0o022:
-        logger.warning("%s is writable by group or others: --resume will refuse it (chmod go-w %s to allow)", out_dir, out_dir)
-    logger.info("search folder %s signed with %s", out_dir, MARKER_FILE)
-    return False
-
-
-def apply_config(base: tuple, config: dict) -> tuple:
-    """The four run_glue argument objects with the trial's values set: new objects, checked as the
-    command line's are; `base` is unchanged."""
-    changes: list[dict] = [{} for _ in base]
-    for name, value in config.items():
-        for obj, changed in zip(base, changes, strict=True):
-            declared = {f.name: str(f.type) for f in dataclasses.fields(obj)}
-            if name in declared:
-                changed[name] = _as_declared(value, declared[name])
-                break
-        else:
-            raise PetlError(f"search space names {name!r}, which no argument class has")
-    return tuple(dataclasses.replace(obj, **changed) if changed else obj for obj, changed in zip(base, changes, strict=True))
-
-
-def with_absolute_paths(base: tuple) -> tuple:
-    """Trials run in other folders: the argument objects with every existing local path made absolute."""
-    paths = ({"model_name_or_path"}, {"glue_dir", "train_file", "validation_file", "test_file"}, set(), {"cache_dir"})
-    resolved = []
-    for obj, names in zip(base, paths, strict=True):
-        given = {name: getattr(obj, name) for name in names if getattr(obj, name)}
-        changed = {name: str(Path(value).resolve()) for name, value in given.items() if Path(value).exists()}
-        resolved.append(dataclasses.replace(obj, **changed) if changed else obj)
-    return tuple(resolved)
-
-
-def _as_declared(value, declared: str):
-    """Convert by the field's declared type (not the default's: warmup_steps defaults to int 0 but
-    takes ratios such as 0.06)."""
-    if value is None or isinstance(value, str):
-        return value
-    if "float" in declared:
-        return float(value)
-    if "bool" in declared:
-        return bool(value)
-    if "int" in declared:
-        return int(value)
-    return value
-
-
-def tune_report_callback(metric_key: str):
-    """A Trainer callback that, after each checkpoint save (which follows an evaluation), reports
-    the evaluation to Tune with the checkpoint folder: delta, optimizer, scheduler, trainer state."""
-    from transformers import TrainerCallback
-
-    class TuneReport(TrainerCallback):
-        def __init__(self):
-            self.last = None
-
-        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-            self.last = dict(metrics or {})
-
-        def on_save(self, args, state, control, **kwargs):
-            from ray import tune
-
-            if self.last is None or metric_key not in self.last:
-                return
-            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            report = {k: float(v) for k, v in self.last.items() if isinstance(v, (int, float))}
-            report.update(step=state.global_step, epoch=float(state.epoch or 0), objective=float(self.last[metric_key]))
-            tune.report(report, checkpoint=tune.Checkpoint.from_directory(str(folder)))
-            self.last = None
-
-    return TuneReport()
-
-
-def make_trainable(base_args: tuple, metric_key: str):
-    def trainable(config: dict) -> None:
-        from ray import tune
-
-        from petl import experiment
-
-        model_args, data_args, petl_args, training_args = apply_config(base_args, config)
-        trial_dir = Path(tempfile.mkdtemp(prefix="trial-"))
-        trial_settings = {
-            "output_dir": str(trial_dir),
-            "save_strategy": training_args.eval_strategy,
-            "save_steps": training_args.eval_steps or training_args.save_steps,
-            "save_total_limit": 1,
-            "disable_tqdm": True,
-            "report_to": [],
-        }
-        checkpoint = tune.get_checkpoint()
-        if checkpoint is not None:  # PBT exploit or a retried trial: continue from that state
-            restored = trial_dir / "restored"
-            with checkpoint.as_directory() as folder:
-                shutil.copytree(folder, restored)
-            trial_settings["resume_from_checkpoint"] = str(restored)
-        training_args = dataclasses.replace(training_args, **trial_settings)
-        experiment.run(model_args, data_args, petl_args, training_args, callbacks=[tune_report_callback(metric_key)], trial=True)
-
-    return trainable
-
-
-def trial_folder_name(trial) -> str:
-    """Ray's own trial id, never the sampled values (which come from a user's space file)."""
-    return f"trial_{trial.trial_id}"
-
-
-def make_scheduler(search_args: SearchArguments, space: dict):
-    from ray.tune.schedulers import ASHAScheduler, PopulationBasedTraining
-
-    from petl.search import mutations
-
-    if search_args.search_scheduler == "pbt":
-        return PopulationBasedTraining(
-            time_attr="training_iteration",
-            perturbation_interval=search_args.perturbation_interval,
-            hyperparam_mutations=mutations(space) or None,
-            quantile_fraction=0.5,
-        )
-    return ASHAScheduler(time_attr="training_iteration", grace_period=1, reduction_factor=2)
-
-
-def start_ray(search_args: SearchArguments) -> None:
-    """A local Ray (or the cluster at --ray_address), seeded: PBT's exploit/explore decisions draw from
-    Python's random, trial sampling from the search algorithm (seeded in run_trials)."""
-    import random
-
-    import numpy as np
-    import ray
-
-    random.seed(search_args.search_seed)
-    np.random.seed(search_args.search_seed)
-    # trials run in Ray workers, in their own folders: give them the repository and the data location
-    env = {"PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false"}
-    if os.environ.get("GLUE_DIR"):
-        env["GLUE_DIR"] = os.environ["GLUE_DIR"]
-    ray.init(
-        address=search_args.ray_address,
-        include_dashboard=False,
-        log_to_driver=False,
-        ignore_reinit_error=True,
-        runtime_env={"env_vars": env},
-    )
-
-
-def run_trials(base: tuple, space: dict, objective: Objective, search_args: SearchArguments, storage: Path, resumable: bool):
-    """Ray Tune's trials (or, when `resumable`, the interrupted search in `storage` continued); their ResultGrid."""
-    import ray
-    from ray import tune
-    from ray.tune.search.basic_variant import BasicVariantGenerator
-
-    from petl.search import to_tune
-
-    scheduler = make_scheduler(search_args, space)
-    start_ray(search_args)
-    try:
-        trainable = tune.with_resources(
-            make_trainable(base, objective.key), {"cpu": search_args.cpus_per_trial, "gpu": search_args.gpus_per_trial}
-        )
-        if resumable:  # prepare_search_folder checked that this folder's pickles are the user's own
-            tuner = tune.Tuner.restore(str(storage / "search"), trainable=trainable, resume_errored=True)
-        else:
-            tuner = tune.Tuner(
-                trainable,
-                param_space=to_tune(space),
-                tune_config=tune.TuneConfig(
-                    metric="objective",
-                    mode=objective.mode,
-                    scheduler=scheduler,
-                    search_alg=BasicVariantGenerator(random_state=search_args.search_seed),
-                    num_samples=search_args.search_trials,
-                    reuse_actors=False,
-                    trial_dirname_creator=trial_folder_name,
-                ),
-                run_config=tune.RunConfig(
-                    name="search",
-                    storage_path=str(storage),
-                    failure_config=tune.FailureConfig(max_failures=search_args.max_failures),
-                    # PBT exploits may restore any trial's latest checkpoint at any time: keep them all
-                    # (delta-only, so small); ASHA never restores across trials
-                    checkpoint_config=tune.CheckpointConfig(num_to_keep=None if search_args.search_scheduler == "pbt" else 2),
-                    verbose=1,
-                ),
-            )
-        return tuner.fit()
-    finally:
-        ray.shutdown()
-
-
-def collect_trials(grid, mode: str) -> list[dict]:
-    """One summary per trial: its configuration, its last and best objective, its first error line."""
-    trials = []
-    for result in grid:
-        history = result.metrics_dataframe
-        best_value = None
-        if history is not None and "objective" in history:
-            best_value = float(history["objective"].max() if mode == "max" else history["objective"].min())
-        trials.append(
-            {
-                "trial_id": result.metrics.get("trial_id") if result.metrics else None,
-                "config": result.config,
-                "final_objective": (result.metrics or {}).get("objective"),
-                "best_objective": best_value,
-                "error": None if result.error is None else str(result.error).splitlines()[0],
-            }
-        )
-    return trials
-
-
-def best_trial(trials: list[dict], mode: str) -> dict:
-    ok = [t for t in trials if t["best_objective"] is not None]
-    if not ok:
-        raise PetlError(f"every trial failed; first error: {trials[0]['error'] if trials else 'no trials'}")
-    return (max if mode == "max" else min)(ok, key=lambda t: t["best_objective"])
-
-
-def final_retrain(base: tuple, config: dict, folder: Path) -> dict:
-    """The chosen configuration retrained with a fresh seed (the score is not the search's luck) and
-    evaluated on the held-out test split: an ordinary run with its results.json in `folder`."""
-    from petl import experiment
-
-    model_args, data_args, petl_args, training_args = apply_config(base, config)
-    training_args = dataclasses.replace(training_args, seed=training_args.seed + 1000, output_dir=str(folder), overwrite_output_dir=True)
-    record = experiment.run(model_args, data_args, petl_args, training_args)
-    return {
-        "seed": training_args.seed,
-        "output_dir": training_args.output_dir,
-        "validation_metrics": record.get("validation_metrics"),
-        "test_metrics": record.get("test_metrics"),
-    }
-
-
-def run_search(argv: list[str] | None = None) -> dict:
-    """The search as the command line gives it; returns the summary written to search_results.json."""
-    from petl.results import write_json_atomic
-
-    # ---- arguments, space, objective and output folder: all checked before the folder is made or Ray starts
-    argv = sys.argv[1:] if argv is None else argv
-    *arguments, search_args = parse_args(argv)
-    space, objective = check_search(argv, tuple(arguments), search_args)
-    model_args, data_args, petl_args, training_args = arguments
-    out_dir = Path(training_args.output_dir or f"outputs/search-{data_args.task_name or 'custom'}-{petl_args.method.replace(',', '+')}")
-    out_dir = out_dir.resolve()
-    # what the search and its local Ray workers write is writable by no one else, so --resume can trust it
-    os.umask(os.umask(0o022) | 0o022)
-    resumable = prepare_search_folder(out_dir, search_args, training_args.overwrite_output_dir)
-    base = with_absolute_paths(tuple(arguments))
-
-    # ---- trials
-    grid = run_trials(base, space, objective, search_args, out_dir / "ray", resumable)
-    trials = collect_trials(grid, objective.mode)
-    best = best_trial(trials, objective.mode)
-    summary = {
-        "scheduler": search_args.search_scheduler,
-        "metric": objective.metric,
-        "mode": objective.mode,
-        "space": space,
-        "best_config": best["config"],
-        "best_validation_score": best["best_objective"],
-        "trials": trials,
-        "failed_trials": sum(1 for t in trials if t["error"]),
-    }
-    print(format_trials(trials, objective.metric))
-    print(f"best {objective.metric} on validation: {best['best_objective']:.4f} with {json.dumps(best['config'])}")
-
-    # ---- final retrain, and the summary
-    if search_args.final_retrain:
-        summary["final_retrain"] = final_retrain(base, best["config"], out_dir / "best")
-    write_json_atomic(out_dir / "search_results.json", summary)
-    return summary
-
-
-def format_trials(trials: list[dict], metric: str) -> str:
-    keys = sorted({k for t in trials for k in t["config"]})
-    lines = ["| trial | " + " | ".join(keys) + f" | best {metric} | final | error |", "|" + "---|" * (len(keys) + 4)]
-    for t in trials:
-        vals = [f"{t['config'].get(k):.3g}" if isinstance(t["config"].get(k), float) else str(t["config"].get(k)) for k in keys]
-        best = "" if t["best_objective"] is None else f"{t['best_objective']:.4f}"
-        final = "" if t["final_objective"] is None else f"{t['final_objective']:.4f}"
-        lines.append(f"| {t['trial_id']} | " + " | ".join(vals) + f" | {best} | {final} | {t['error'] or ''} |")
-    return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO, datefmt="%H:%M:%S")
-    return exit_status(lambda: run_search(argv) and None)
+from petl.hyper_search import (
+    Objective,
+    SearchArguments,
+    apply_config,
+    best_trial,
+    check_search,
+    check_search_arguments,
+    collect_trials,
+    final_retrain,
+    format_trials,
+    main,
+    make_scheduler,
+    make_trainable,
+    parse_args,
+    prepare_search_folder,
+    run_search,
+    run_trials,
+    search_argument_classes,
+    search_objective,
+    start_ray,
+    trial_folder_name,
+    tune_report_callback,
+    with_absolute_paths,
+)
+
+__all__ = [
+    "ARG_CLASSES",
+    "Objective",
+    "SearchArguments",
+    "apply_config",
+    "best_trial",
+    "check_search",
+    "check_search_arguments",
+    "collect_trials",
+    "final_retrain",
+    "format_trials",
+    "main",
+    "make_scheduler",
+    "make_trainable",
+    "parse_args",
+    "prepare_search_folder",
+    "run_search",
+    "run_trials",
+    "search_argument_classes",
+    "search_objective",
+    "start_ray",
+    "trial_folder_name",
+    "tune_report_callback",
+    "with_absolute_paths",
+]
+
+ARG_CLASSES = search_argument_classes()  # run_glue's four argument classes and the search's own
 
 
 if __name__ == "__main__":

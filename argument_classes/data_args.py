@@ -3,10 +3,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from petl.choices import SPLIT_MODES
 from petl.data import check_pair_template
 from petl.errors import PetlError
-
-SPLIT_MODES = ("official", "heldout")
 
 
 @dataclass

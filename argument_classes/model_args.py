@@ -2,9 +2,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from petl.choices import POOLER_TYPES
 from petl.errors import PetlError
-
-POOLER_TYPES = ("auto", "model", "cls", "avg", "last")
 
 
 @dataclass

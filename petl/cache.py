@@ -32,13 +32,15 @@ import transformers
 from torch import nn
 
 from petl.arch import arch_for, backbone_of, get_module, num_layers
+from petl.choices import CACHE_DTYPES
 from petl.errors import PetlError
+from petl.progress import progress_bar
 from petl.results import publish_folder, remove_stale_temps, temporary_path
 from petl.state import attach_state, get_state
 
 logger = logging.getLogger(__name__)
 
-CACHE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}  # petl.choices.CACHE_DTYPES
 # numpy has no bfloat16: 16-bit caches are stored as raw int16 words and viewed back
 _STORAGE_DTYPES = {"float32": np.float32, "bfloat16": np.int16, "float16": np.int16}
 CACHE_FORMAT_VERSION = 1
@@ -386,14 +388,17 @@ def build_cache(
             return found
     lengths = np.array([len(x) if m is None else int(np.sum(m)) for x, m in _lengths_source(dataset)], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)])
-    states = torch.empty(int(offsets[-1]), model.config.hidden_size, dtype=CACHE_DTYPES[dtype])
+    states = torch.empty(int(offsets[-1]), model.config.hidden_size, dtype=TORCH_DTYPES[dtype])
     device = next(model.parameters()).device
-    for idx, batch in _iter_batches(dataset, collator, batch_size):
-        keep = _keep_mask(batch)
-        batch = {k: v.to(device) for k, v in batch.items()}
-        out = compute_hidden_states(model, start, batch).to("cpu", CACHE_DTYPES[dtype])
-        for row, i in enumerate(idx):
-            states[offsets[i] : offsets[i + 1]] = out[row, keep[row]]
+    batches = -(-len(dataset) // batch_size)
+    with progress_bar(total=batches, desc=f"cache {name} (layers 0-{start - 1})", unit="batch") as bar:
+        for idx, batch in _iter_batches(dataset, collator, batch_size):
+            keep = _keep_mask(batch)
+            batch = {k: v.to(device) for k, v in batch.items()}
+            out = compute_hidden_states(model, start, batch).to("cpu", TORCH_DTYPES[dtype])
+            for row, i in enumerate(idx):
+                states[offsets[i] : offsets[i + 1]] = out[row, keep[row]]
+            bar.update(1)
     cache = HiddenStateCache(states, offsets, start, dtype)
     if cache_dir is not None:
         _write_cache(Path(cache_dir) / key, cache)
@@ -457,7 +462,7 @@ def _as_tensor(raw: np.memmap, dtype: str) -> torch.Tensor:
     with warnings.catch_warnings():  # read-only memory map: torch warns that it is not writable
         warnings.simplefilter("ignore", UserWarning)
         tensor = torch.from_numpy(raw)
-    return tensor if dtype == "float32" else tensor.view(CACHE_DTYPES[dtype])
+    return tensor if dtype == "float32" else tensor.view(TORCH_DTYPES[dtype])
 
 
 class CachedCollator:

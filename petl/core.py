@@ -67,6 +67,9 @@ def apply_petl(model: nn.Module, methods: list[MethodConfig] | list[dict] | str)
         methods = [make_config(n) for n in parse_methods(methods)]
     configs = [config_from_dict(m) if isinstance(m, dict) else m for m in methods]
     validate_combination([c.method for c in configs])
+    # scalings (IA3) attach first: their output hooks then run before those that rewrite rows (MPNet's
+    # prefix), so a combination means one model whatever the --method order (petl/registry.py: hook order)
+    configs.sort(key=lambda c: not get_method(c.method).multiplicative)
     head_names = head_parameter_names(model)  # before methods attach modules of their own
     model.requires_grad_(False)
     owner: dict[str, tuple[str, int | None]] = OrderedDict()

@@ -19,6 +19,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from petl.choices import SPLIT_MODES
 from petl.errors import PetlError
 from petl.tasks import GlueTask
 
@@ -480,7 +481,7 @@ def plan_splits(
             desc["protocol"] = f"{HELDOUT_VALIDATION_SIZE} training examples held out as validation; dev is test"
         report_prefix = "test"
     else:
-        raise PetlError(f"--split_mode {split_mode!r} is not one of official, heldout")
+        raise PetlError(f"--split_mode {split_mode!r} is not one of {', '.join(SPLIT_MODES)}")
 
     if train_fraction is not None:
         if not 0 < train_fraction <= 1:

@@ -14,7 +14,6 @@ import copy
 import dataclasses
 import logging
 import math
-import os
 import time
 from collections.abc import Collection
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from petl.errors import PetlError
+from petl.progress import enable_progress_bars
 
 if TYPE_CHECKING:  # argument_classes imports petl, so petl reaches it only at call time
     from argument_classes import DataArguments, ModelArguments, PetlArguments, PetlTrainingArguments
@@ -55,7 +55,7 @@ def run(
     from petl.arch import is_decoder
     from petl.core import apply_petl, format_summary, load_petl, petl_state_dict, read_petl_config, save_petl, trainable_summary
     from petl.data import ExtraInputsCollator, plan_splits, tokenize_split
-    from petl.metrics import glue_metrics, greater_is_better, selection_metric, validation_metric_names
+    from petl.metrics import glue_metrics, selection_direction, selection_metric, validation_metric_names
     from petl.models import load_model, load_tokenizer, resolve_model_path
     from petl.results import check_appendable
     from petl.state import get_state
@@ -65,8 +65,13 @@ def run(
 
     # ---- arguments: the run's own copies, every cheap check before any heavy work
     model_args, data_args, petl_args, training_args = copy.deepcopy((model_args, data_args, petl_args, training_args))
+    quiet_replica_logging(training_args)
     check_numbers(model_args, data_args, petl_args, training_args)
     check_deepspeed_device(training_args)
+    if training_args.greater_is_better is not None:  # a contradicting one is refused before any work (the default
+        # selection metrics, the task's, accuracy and the combined correlation, are all higher-is-better)
+        early_metric = selection_metric(data_args.task_name, False, training_args.metric_for_best_model)
+        selection_direction(early_metric, training_args.greater_is_better)
     if petl_args.load_petl:
         saved = read_petl_config(petl_args.load_petl)
         check_saved_methods(saved, petl_args, given)
@@ -80,7 +85,9 @@ def run(
     method_names = petl_args.method_names()  # a loaded delta's too
     if petl_args.export_peft and "lora" not in method_names:
         raise PetlError("--export_peft needs --method lora (PEFT's adapter format holds LoRA weights)")
+    method_lrs = method_default_learning_rates(training_args, method_names, given)
     settle_training_arguments(training_args, evaluate_only=bool(petl_args.load_petl), cuda=torch.cuda.is_available())
+    enable_progress_bars(not training_args.disable_tqdm)  # the model unpack and cache pass bars follow the Trainer's
     if trial:
         out_dir = Path(training_args.output_dir)
     else:
@@ -112,6 +119,8 @@ def run(
     if metric not in reported:  # HF would fail on it only after training
         given_metric = training_args.metric_for_best_model
         raise PetlError(f"--metric_for_best_model {given_metric!r} is not reported for this task; allowed: {', '.join(reported)}")
+    greater = selection_direction(metric, training_args.greater_is_better)
+    training_args.greater_is_better = greater  # HF's own best-checkpoint bookkeeping (checkpoint rotation) agrees
 
     # ---- model
     set_seed(training_args.seed)
@@ -197,7 +206,7 @@ def run(
         training_args.remove_unused_columns = False  # the collator needs the cache index columns
 
     # ---- trainer: the best validation state is kept in memory and restored after training
-    best = BestStateCallback(model, metric, greater_is_better(metric), training_args.early_stopping_patience)
+    best = BestStateCallback(model, metric, greater, training_args.early_stopping_patience)
 
     def compute_metrics(pred):
         logits = pred.predictions[0] if isinstance(pred.predictions, tuple) else pred.predictions
@@ -212,6 +221,7 @@ def run(
         processing_class=tokenizer,
         compute_metrics=compute_metrics,
         callbacks=[best, *(callbacks or [])],
+        method_lrs=method_lrs,
     )
 
     # ---- train
@@ -268,6 +278,7 @@ def run(
             labels=labels,
             metric=metric,
             best=best,
+            learning_rates=trainer.learning_rates,
             eval_metrics=eval_metrics,
             train_metrics=train_metrics,
             cache_info=cache_info,
@@ -276,12 +287,12 @@ def run(
             wall_time_seconds=time.time() - started,
         )
         if stage is not None:
+            if state is not None and petl_args.export_peft:  # before anything is published: a failed export changes nothing
+                from petl.peft_export import export_peft
+
+                export_peft(model, petl_args.export_peft, model_args.model_name_or_path, state=state)
             publish_run_files(stage, out_dir, record, training_args.results_file)
     if trainer.is_world_process_zero():
-        if state is not None and petl_args.export_peft:
-            from petl.peft_export import export_peft
-
-            export_peft(model, petl_args.export_peft, model_args.model_name_or_path, state=state)
         print_reported_metrics(record, task_name, labels.is_regression)
     return record
 
@@ -300,6 +311,31 @@ def check_deepspeed_device(training_args: PetlTrainingArguments) -> None:
             f"--deepspeed {str(training_args.deepspeed)!r} on a machine without a GPU needs --use_cpu "
             "(run: DS_ACCELERATOR=cpu deepspeed --num_gpus N run_glue.py --deepspeed ... --use_cpu)"
         )
+
+
+def quiet_replica_logging(training_args) -> None:
+    """Under DDP or DeepSpeed, ranks other than the main one log at --log_level_replica (HF's default:
+    warning), ours and transformers' alike, so each INFO line appears once; the main rank is left as is."""
+    if training_args.should_log:
+        return
+    import transformers
+
+    level = training_args.get_process_log_level()
+    logging.getLogger().setLevel(level)
+    transformers.logging.set_verbosity(level)
+
+
+def method_default_learning_rates(training_args, method_names: list[str], given: Collection[str] = ()) -> dict[str, float] | None:
+    """The rates of the methods' new parameters when the run gives none (neither --petl_lr nor
+    --learning_rate): each method's documented default (MethodEntry.default_lr); None when a rate was
+    given (an explicit 5e-5 included: only HF's untouched default counts as not given) or no method has one."""
+    from argument_classes.training_args import UnsetLearningRate
+    from petl.registry import get_method
+
+    if training_args.petl_lr is not None or "learning_rate" in given or not isinstance(training_args.learning_rate, UnsetLearningRate):
+        return None
+    defaults = {name: get_method(name).default_lr for name in method_names}
+    return {name: lr for name, lr in defaults.items() if lr is not None} or None
 
 
 def adopt_saved_model_settings(saved: dict, model_args: ModelArguments, given: Collection[str] = ()) -> ModelArguments:
@@ -337,9 +373,12 @@ def check_saved_methods(saved: dict, petl_args: PetlArguments, given: Collection
 
 def settle_training_arguments(training_args: PetlTrainingArguments, evaluate_only: bool, cuda: bool) -> None:
     """What every run does, whatever HF's defaults: train (unless it evaluates a saved delta) and
-    evaluate; pin memory only for a GPU; no search for unused parameters under DDP."""
+    evaluate; keep the best state in memory and restore it (--load_best_model_at_end asks for that; HF's
+    checkpoint reload stays off); pin memory only for a GPU; no search for unused parameters under DDP."""
     if not evaluate_only:
         training_args.do_train = True
+    # the best state is always restored by BestStateCallback; HF's reload of a best checkpoint is off
+    training_args.load_best_model_at_end = False
     training_args.do_eval = True
     if not cuda:
         training_args.dataloader_pin_memory = False
@@ -451,19 +490,15 @@ def staged_run_files(out_dir: Path, writer: bool):
 
 
 def publish_run_files(stage: Path, out_dir: Path, record: dict, results_file: str | None) -> None:
-    """Append the results line, then move the staged files into `out_dir`, results.json last. A failed
-    append (full disk) is an error before anything in `out_dir` changes, so an earlier run's files stay
-    and a re-run is not refused as "occupied"; a failed move takes the line back."""
-    from petl.results import RESULTS_FILE, append_jsonl, remove_appended, write_json_atomic
+    """results.json into the staging folder, the results line appended, then the staged files moved into
+    `out_dir` (results.json last). A failed append (full disk) is an error before anything in `out_dir`
+    changes, so an earlier run's files stay and a re-run is not refused as "occupied"."""
+    from petl.results import RESULTS_FILE, append_jsonl, publish_files, remove_appended, write_json_atomic
 
     write_json_atomic(stage / RESULTS_FILE, record)
     appended = append_jsonl(results_file, record, "--results_file") if results_file else None
     try:
-        files = sorted((p for p in stage.rglob("*") if p.is_file()), key=lambda p: (p.name == RESULTS_FILE, str(p)))
-        for file in files:
-            target = out_dir / file.relative_to(stage)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(file, target)
+        publish_files(stage, out_dir, last=RESULTS_FILE)
     except BaseException:
         if appended:
             remove_appended(results_file, appended)
@@ -502,6 +537,7 @@ def build_record(
     labels,
     metric: str,
     best,
+    learning_rates: dict[str, dict] | None,
     eval_metrics: dict[str, dict],
     train_metrics: dict,
     cache_info: dict | None,
@@ -541,6 +577,7 @@ def build_record(
         "best_epoch": best.best_epoch,
         "best_validation_score": best.best_value,
         "evaluation_history": best.history,
+        "learning_rates": learning_rates,  # per parameter group: {"lr", "source"}; None when nothing trained
         "trainable_parameters": summary["trainable_parameters"],
         "trainable_parameters_without_head": summary["trainable_parameters_without_head"],
         "head_parameters": summary["head_parameters"],

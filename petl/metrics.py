@@ -6,6 +6,7 @@ import numpy as np
 from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
+from petl.errors import PetlError
 from petl.tasks import get_task
 
 # metric names per task; `combined_score` (their mean) is added when there are several
@@ -88,6 +89,19 @@ def selection_metric(task_name: str | None, is_regression: bool, *chosen: str | 
 
 def greater_is_better(metric: str) -> bool:
     return metric not in LOWER_IS_BETTER
+
+
+def selection_direction(metric: str, given: bool | None) -> bool:
+    """Whether a higher `metric` is better. Every metric has one direction, so --greater_is_better
+    (`given`; None when not set) can only confirm it: one that contradicts it would select the worst
+    state, and is refused."""
+    natural = greater_is_better(metric)
+    if given is not None and given != natural:
+        raise PetlError(
+            f"--greater_is_better {str(given).lower()} contradicts the selection metric {metric!r} "
+            f"({'higher' if natural else 'lower'} is better); omit --greater_is_better (it follows the metric)"
+        )
+    return natural
 
 
 def validation_metric_names(task_name: str | None, is_regression: bool | None = None) -> tuple[str, ...]:

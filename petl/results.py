@@ -228,6 +228,19 @@ def publish_folder(tmp: Path, target: Path, marker: str) -> None:
             raise
 
 
+def publish_files(stage: str | os.PathLike, target: str | os.PathLike, last: str) -> None:
+    """Move every file of the folder `stage` to the same place under `target`, each by one rename (a
+    reader sees the old file or the new one) and the file named `last` after all others: a reader that
+    finds the new `last` finds every new file beside it. Between two renames (microseconds; a crash
+    then) newer files can stand beside the older `last`."""
+    stage, target = Path(stage), Path(target)
+    files = sorted((p for p in stage.rglob("*") if p.is_file()), key=lambda p: (p.name == last, str(p)))
+    for file in files:
+        destination = target / file.relative_to(stage)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(file, destination)
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     """Write `text` (UTF-8) through `write_atomic`: readers never see half a file."""
     write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))

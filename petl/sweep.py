@@ -73,8 +73,9 @@ logger = logging.getLogger("petl.sweep")
 GRID_KEYS = {"name", "results", "output_dir", "model_name_or_path", "tasks", "seeds", "layers", "arguments", "methods"}
 METHOD_KEYS = {"layers", "tasks"}  # besides run_glue.py arguments
 DROPPED_FROM_RECORD = ("parameter_report", "arguments", "prediction_files", "new_parameters_initialised")
-# where files live, not what runs: left out of a cell's argument hash, so moving a sweep re-runs nothing
-LOCATION_ARGUMENTS = ("output_dir", "overwrite_output_dir", "cache_dir", "glue_dir", "logging_dir", "disable_tqdm")
+# where files live and what watches a run, not what runs: left out of a cell's argument hash, so moving a
+# sweep, or turning a tracker on (`report_to: tensorboard` in `arguments`), re-runs nothing
+LOCATION_ARGUMENTS = ("output_dir", "overwrite_output_dir", "cache_dir", "glue_dir", "logging_dir", "disable_tqdm", "report_to")
 
 
 @dataclass
@@ -269,7 +270,12 @@ def changed_arguments(record: dict, grid: dict, cell: Cell) -> list[str]:
         if record["arguments_hash"] == arguments_hash(now):
             return []
         then = record.get("run_arguments")
-        return (differing(now, then) if isinstance(then, dict) else []) or ["(arguments)"]
+        if not isinstance(then, dict):
+            return ["(arguments)"]
+        then = {k: v for k, v in then.items() if k not in LOCATION_ARGUMENTS}  # a record from before report_to joined them
+        if arguments_hash(then) == arguments_hash(now):
+            return []
+        return differing(now, then) or ["(arguments)"]
     if isinstance(record.get("cell_arguments"), dict):
         return differing(cell.arguments, record["cell_arguments"])
     return []  # nothing stored to compare with: trusted

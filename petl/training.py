@@ -133,25 +133,52 @@ def group_learning_rates(learning_rate: float, head_lr: float | None, petl_lr: f
 
 
 def build_param_groups(
-    model: nn.Module, learning_rate: float, weight_decay: float, head_lr: float | None, petl_lr: float | None
+    model: nn.Module,
+    learning_rate: float,
+    weight_decay: float,
+    head_lr: float | None,
+    petl_lr: float | None,
+    method_lrs: dict[str, float] | None = None,
 ) -> list[dict]:
-    """Groups: head, method parameters (new), other trainable weights; each split by decay."""
+    """Groups: head, method parameters (new), other trainable weights; each split by decay. Each group
+    says where its rate came from (`lr_source`). `method_lrs` (method -> its default rate; given when
+    no --petl_lr or --learning_rate was) sets the new parameters' rates, per method; methods of one run
+    with different defaults get a group each (`petl:<method>`)."""
     owner = _owner(model)
     no_decay = no_decay_parameter_names(model)
-    groups: dict[tuple[str, bool], list] = {}
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        method = owner.get(name, ("other", None))[0]
-        kind = "head" if method == "head" else ("petl" if is_new_parameter(model, name) else "other")
-        groups.setdefault((kind, name not in no_decay), []).append((name, param))
     lrs = group_learning_rates(learning_rate, head_lr, petl_lr)
+    defaults = {m: lr for m, lr in (method_lrs or {}).items() if lr} if not petl_lr else {}
+    petl_source = "--petl_lr" if petl_lr else "--learning_rate"
+    trained = []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            method = owner.get(name, ("other", None))[0]
+            kind = "head" if method == "head" else ("petl" if is_new_parameter(model, name) else "other")
+            trained.append((name, param, kind, method))
+    petl_methods = [m for _, _, kind, m in trained if kind == "petl"]
+    petl_rates = {m: (defaults[m], f"default for {m}") if m in defaults else (lrs["petl"], petl_source) for m in petl_methods}
+    split_by_method = len({lr for lr, _ in petl_rates.values()}) > 1
+    rates: dict[str, tuple[float, str]] = {
+        "head": (lrs["head"], "--head_lr" if head_lr else "--learning_rate"),
+        "other": (lrs["other"], "--learning_rate"),
+    }
+    if petl_rates and not split_by_method:  # one rate; its source names every method it is the default of
+        lr, source = next(iter(petl_rates.values()))
+        named = sorted(m for m in petl_rates if m in defaults)
+        rates["petl"] = (lr, f"default for {', '.join(named)}" if named else source)
+    groups: dict[tuple[str, bool], list] = {}
+    for name, param, kind, method in trained:
+        if kind == "petl" and split_by_method:
+            kind = f"petl:{method}"
+            rates[kind] = petl_rates[method]
+        groups.setdefault((kind, name not in no_decay), []).append((name, param))
     out = []
     for (kind, decay), items in sorted(groups.items()):
         out.append(
             {
                 "params": [p for _, p in items],
-                "lr": lrs[kind],
+                "lr": rates[kind][0],
+                "lr_source": rates[kind][1],
                 "weight_decay": weight_decay if decay else 0.0,
                 "group_name": f"{kind}{'' if decay else '/no_decay'}",
                 "num_parameters": sum(p.numel() for _, p in items),
@@ -163,7 +190,11 @@ def build_param_groups(
 class PetlTrainer(Trainer):
     """Trainer with our parameter groups; checkpoints of PETL runs hold only the trained tensors."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, method_lrs: dict[str, float] | None = None, **kwargs):
+        """`method_lrs`: each method's default rate for its new parameters, for a run that gave no
+        --petl_lr or --learning_rate (build_param_groups); None: they train at --petl_lr, else --learning_rate."""
+        self.method_lrs = method_lrs
+        self.learning_rates: dict[str, dict] | None = None  # per group: the rate used and where it came from
         super().__init__(*args, **kwargs)
         # Our losses are per-batch means. The Trainer would otherwise see `**kwargs` in forward,
         # assume the model normalises by `num_items_in_batch` itself, and then neither divide by
@@ -233,23 +264,29 @@ class PetlTrainer(Trainer):
         self._tr_loss = torch.tensor(float(loss["pending"]), dtype=self._tr_loss.dtype, device=self._tr_loss.device)
         self._globalstep_last_logged = int(loss["last_logged_step"])
 
+    def _param_groups(self, model: nn.Module) -> list[dict]:
+        args = self.args
+        return build_param_groups(model, args.learning_rate, args.weight_decay, args.head_lr, args.petl_lr, self.method_lrs)
+
     def create_optimizer(self, model=None):
         if self.optimizer is None:
             opt_model = self.model if model is None else model
             args = self.args
-            groups = build_param_groups(opt_model, args.learning_rate, args.weight_decay, args.head_lr, args.petl_lr)
+            groups = self._param_groups(opt_model)
             for g in groups:
                 logger.info(
-                    "param group %-16s lr=%.2e weight_decay=%.3g tensors=%d parameters=%d",
+                    "param group %-16s lr=%.2e (%s) weight_decay=%.3g tensors=%d parameters=%d",
                     g["group_name"],
                     g["lr"],
+                    g["lr_source"],
                     g["weight_decay"],
                     len(g["params"]),
                     g["num_parameters"],
                 )
+            self.learning_rates = {g["group_name"]: {"lr": g["lr"], "source": g["lr_source"]} for g in groups}
             optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(args, opt_model)
             optimizer_kwargs.pop("lr", None)
-            clean = [{k: v for k, v in g.items() if k != "num_parameters"} for g in groups]
+            clean = [{k: v for k, v in g.items() if k not in ("num_parameters", "lr_source")} for g in groups]
             self.optimizer = optimizer_cls(clean, lr=args.learning_rate, **optimizer_kwargs)
         return self.optimizer
 
@@ -295,11 +332,12 @@ class PetlTrainer(Trainer):
             return
         args = self.args
         lrs = group_learning_rates(args.learning_rate, args.head_lr, args.petl_lr)
+        current = {g["group_name"]: g["lr"] for g in self._param_groups(self.model)}
         scheduler = self.lr_scheduler
         for i, group in enumerate(self.optimizer.param_groups):
             name = group.get("group_name", "other")
-            kind = name.split("/", 1)[0]
-            base = lrs.get(kind, args.learning_rate)
+            kind = name.split("/", 1)[0].split(":", 1)[0]
+            base = current.get(name, lrs.get(kind, args.learning_rate))
             group["weight_decay"] = 0.0 if name.endswith("/no_decay") else args.weight_decay
             factor = 1.0
             if scheduler is not None and hasattr(scheduler, "lr_lambdas"):

@@ -22,5 +22,5 @@ run_method() {
         --split_mode "$SPLIT_MODE" --num_train_epochs "$EPOCHS" --per_device_train_batch_size "$BATCH" \
         --learning_rate "${LR:-$lr}" --head_lr "$HEAD_LR" --petl_lr "${PETL_LR:-${LR:-$lr}}" \
         --output_dir "${OUTPUT_DIR:-$ROOT/outputs/$TASK-$MODEL-$tag-s$SEED}" --overwrite_output_dir \
-        --results_file "$RESULTS_FILE" --disable_tqdm true "$@"
+        --results_file "$RESULTS_FILE" "$@"
 }

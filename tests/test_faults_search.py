@@ -242,3 +242,18 @@ def test_output_folder_that_is_or_lies_under_a_file(tmp_path, glue_dir, capsys):
     assert run_glue_hyper_search.main(_argv(glue_dir, blocker / "search")) == 2
     assert f"--output_dir {str(blocker / 'search')!r} cannot be written" in _one_error_line(capsys)
     assert blocker.read_text() == "keep me\n"
+
+
+def test_custom_data_needs_a_search_metric_and_a_contradicting_direction_is_refused(tmp_path, glue_dir, capsys):
+    """Custom files: the metric depends on labels not yet read, so the search asks for it rather than
+    optimise a metric no trial reports; --greater_is_better against the metric is refused up front."""
+    data = tmp_path / "train.csv"
+    data.write_text("s,label\na,0.5\nb,1.5\n")
+    out = tmp_path / "search"
+    custom = ["--train_file", str(data), "--validation_file", str(data), "--text_columns", "s", "--output_dir", str(out),
+              "--model_name_or_path", "minilm-l6", "--method", "lora"]  # fmt: skip
+    assert run_glue_hyper_search.main(custom) == 2
+    assert "custom data files need --search_metric" in _one_error_line(capsys)
+    assert run_glue_hyper_search.main(_argv(glue_dir, out, "--metric_for_best_model", "loss", "--greater_is_better", "true")) == 2
+    assert "--greater_is_better true contradicts the selection metric 'loss'" in _one_error_line(capsys)
+    assert not out.exists()

@@ -196,3 +196,15 @@ def test_dry_run_through_run_glue(tmp_path, glue_dir, capsys):
     report = capsys.readouterr().out
     hidden, ffn = 384, 1536  # MiniLM-L6
     assert f"trainable {2 * (hidden + ffn) + 384 * 384 + 384 + 2 * 384 + 2:,} (without head {2 * (hidden + ffn):,}" in report
+
+
+@pytest.mark.parametrize("arch", ENCODERS + DECODERS)
+def test_ia3_with_prefix_is_the_same_model_whatever_the_method_order(arch):
+    """IA3 scales the projections' keys and values, never the prefix rows (as PEFT): on every
+    architecture, `ia3,prefix` and `prefix,ia3` with the same tensors give the same logits."""
+    first, second = build(arch), build(arch)
+    apply_petl(first, [make_config("ia3"), make_config("prefix")])
+    apply_petl(second, [make_config("prefix"), make_config("ia3")])
+    randomise(first)
+    second.load_state_dict(first.state_dict())  # the same tensors in both models
+    torch.testing.assert_close(logits(first, arch), logits(second, arch), rtol=0, atol=1e-6)

@@ -129,6 +129,7 @@ def apply_adapter(model: nn.Module, config: AdapterConfig) -> dict[str, int | No
 
 
 # adapter and its presets form one group (one adapter method per run) and search the same knobs
+ADAPTER_LR = 1e-3  # scripts/adapter_hyper.sh
 ADAPTER_SPACE = {"learning_rate": {"loguniform": [1e-4, 1e-2]}, "adapter_dim": {"choice": [16, 32, 64]}}
 
 register(
@@ -139,6 +140,7 @@ register(
         flag_prefix="adapter",
         group="adapter",
         search_space=ADAPTER_SPACE,
+        default_lr=ADAPTER_LR,
         description="bottleneck adapters, serial or parallel, after attention and/or FFN",
     )
 )
@@ -150,6 +152,7 @@ register(
         flag_prefix="adapter",
         group="adapter",
         search_space=ADAPTER_SPACE,
+        default_lr=ADAPTER_LR,
         preset={"style": "serial", "placement": "attn,ffn"},
         description="Houlsby adapters: serial, after attention and after FFN",
     )
@@ -162,6 +165,7 @@ register(
         flag_prefix="adapter",
         group="adapter",
         search_space=ADAPTER_SPACE,
+        default_lr=ADAPTER_LR,
         preset={"style": "serial", "placement": "ffn"},
         description="Pfeiffer adapters: serial, after FFN",
     )
@@ -174,6 +178,7 @@ register(
         flag_prefix="adapter",
         group="adapter",
         search_space=ADAPTER_SPACE,
+        default_lr=ADAPTER_LR,
         preset={"style": "parallel", "placement": "ffn"},
         description="parallel FFN adapter (He et al. 2022)",
     )

@@ -98,5 +98,6 @@ register(
         merge=lambda model: fold_bias_deltas(model, merge=True),
         unmerge=lambda model: fold_bias_deltas(model, merge=False),
         search_space={"learning_rate": {"loguniform": [1e-4, 3e-2]}},
+        default_lr=1e-3,  # scripts/bitfit_hyper.sh
     )
 )

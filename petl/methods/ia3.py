@@ -162,5 +162,6 @@ register(
         unmerge=lambda model: fold_ia3(model, merge=False),
         multiplicative=True,
         search_space={"learning_rate": {"loguniform": [1e-3, 3e-2]}},
+        default_lr=1e-2,  # scripts/ia3_hyper.sh
     )
 )

@@ -192,5 +192,6 @@ register(
         pretrained_parts=("encoder",),
         description="instance-dependent prompts: a sentence encoder + bottleneck MLP generate each input's prompt",
         search_space={"learning_rate": {"loguniform": [1e-4, 1e-2]}, "idpg_prompt_length": {"choice": [1, 5, 10]}},
+        default_lr=3e-3,  # scripts/idpg_hyper.sh
     )
 )

@@ -138,5 +138,6 @@ register(
         merge=lambda model: merge_lora(model, merge=True),
         unmerge=lambda model: merge_lora(model, merge=False),
         search_space={"learning_rate": {"loguniform": [1e-4, 1e-2]}, "lora_rank": {"choice": [4, 8, 16]}},
+        default_lr=5e-4,  # scripts/lora_hyper.sh
     )
 )

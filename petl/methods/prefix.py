@@ -83,9 +83,9 @@ def drop_prefix_mlps(model: nn.Module) -> int:
     that rebuilds them. Returns how many prefixes changed."""
     from dataclasses import replace
 
-    from petl.state import get_state
+    from petl.state import attach_state
 
-    state = get_state(model)
+    state = attach_state(model)
     with_mlp = [(name, m) for name, m in model.named_modules() if isinstance(m, Prefix) and hasattr(m, "mlp")]
     for name, prefix in with_mlp:
         layer = state.owner.pop(f"{name}.embedding")[1]
@@ -295,5 +295,6 @@ register(
         flag_prefix="prefix",
         description="learned key/value prefixes at chosen layers",
         search_space={"learning_rate": {"loguniform": [1e-3, 1e-1]}, "prefix_length": {"choice": [5, 10, 20]}},
+        default_lr=5e-3,  # scripts/prefix_hyper.sh
     )
 )

@@ -143,5 +143,6 @@ register(
         group="input prompt",
         description="soft prompt tokens at the input embeddings",
         search_space={"learning_rate": {"loguniform": [1e-3, 3e-1]}, "prompt_length": {"choice": [5, 10, 20]}},
+        default_lr=1e-2,  # scripts/prompt_hyper.sh
     )
 )

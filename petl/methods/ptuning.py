@@ -66,5 +66,6 @@ register(
         group="input prompt",
         description=f"P-tuning: prompts from a BiLSTM+MLP prompt encoder (positions: {', '.join(PROMPT_POSITIONS)})",
         search_space={"learning_rate": {"loguniform": [1e-4, 3e-2]}, "ptuning_length": {"choice": [5, 10, 20]}},
+        default_lr=1e-2,  # scripts/ptuning_hyper.sh
     )
 )
