@@ -21,3 +21,11 @@ def exit_status(action, *args, **kwargs) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return status if isinstance(status, int) else 0
+
+
+def invoked_as(command: str, module_form: str) -> str:
+    """The program name for usage lines: the console command when run as one, else `python -m ...`."""
+    import sys
+    from pathlib import Path
+
+    return command if Path(sys.argv[0]).name == command else module_form

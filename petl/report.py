@@ -32,7 +32,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from petl.errors import PetlError, exit_status
+from petl.errors import PetlError, exit_status, invoked_as
 from petl.results import read_jsonl, write_atomic, write_text_atomic
 
 METRIC_LABELS = {"f1": "F1", "accuracy": "accuracy", "matthews_correlation": "MCC", "combined_score": "Pearson/Spearman mean"}
@@ -469,7 +469,7 @@ def write_report(results: str, out_dir: str, metric: str | None = None) -> list[
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m petl.report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=invoked_as("petl-report", "python -m petl.report"), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("results", nargs="+", help="JSONL results file(s) from petl.sweep")
     parser.add_argument("--out", default="figures", help="folder for figures and tables")

@@ -65,7 +65,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from petl.errors import PetlError, exit_status
+from petl.errors import PetlError, exit_status, invoked_as
 from petl.results import check_appendable, read_jsonl, read_yaml_or_json
 
 logger = logging.getLogger("petl.sweep")
@@ -395,7 +395,9 @@ def run_sweep(grid_path: str, results: str | None = None, output_dir: str | None
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m petl.sweep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog=invoked_as("petl-sweep", "python -m petl.sweep"), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("grid", help="YAML/JSON grid file (sweeps/*.yaml)")
     parser.add_argument("--results", help="JSONL results file (default: the grid's 'results')")
     parser.add_argument("--output_dir", help="run folders and the shared cache (default: outputs/sweeps/<name>)")
