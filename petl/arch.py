@@ -123,7 +123,10 @@ ARCHITECTURES: dict[str, ArchSpec] = {
 def arch_for(model: nn.Module) -> ArchSpec:
     model_type = getattr(model.config, "model_type", None)
     if model_type not in ARCHITECTURES:
-        raise PetlError(f"model_type {model_type!r} is not supported; supported: {', '.join(sorted(ARCHITECTURES))}")
+        raise PetlError(
+            f"model_type {model_type!r} is not supported; supported: {', '.join(sorted(ARCHITECTURES))} "
+            "(a new architecture is one entry in ARCHITECTURES, petl/arch.py)"
+        )
     return ARCHITECTURES[model_type]
 
 

@@ -548,6 +548,7 @@ def build_record(
     """The results record of one run (results.json, one line of --results_file): what ran (the
     arguments as the run settled them), what it scored, and where; every NaN/infinity as null."""
     from petl.metrics import constant_baselines
+    from petl.models import packaged_origin
     from petl.results import git_commit, hardware, library_versions, peak_memory
     from petl.state import get_state
 
@@ -557,6 +558,7 @@ def build_record(
         "task": task_name or "custom",
         "model": {
             "name_or_path": model_args.model_name_or_path,
+            "origin": packaged_origin(model_args.model_name_or_path),  # a packaged alias's hub id; else None
             "resolved_path": model_path,
             "model_type": model.config.model_type,
             "num_hidden_layers": model.config.num_hidden_layers,

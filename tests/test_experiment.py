@@ -44,6 +44,7 @@ def test_run_leaves_the_callers_arguments_as_they_were(tmp_path, glue_dir, monke
     assert given == before
     ran = record["arguments"]
     assert record["output_dir"] == "outputs/mrpc-minilm-l6-lora-s1" and ran["training"]["output_dir"] == record["output_dir"]
+    assert record["model"]["origin"] == "sentence-transformers/all-MiniLM-L6-v2"  # the alias, as others can resolve it
     assert ran["model"]["pooler_type"] == "model" and ran["training"]["do_train"] and not ran["training"]["remove_unused_columns"]
     assert given[0].pooler_type == "auto" and given[3].output_dir == "trainer_output" and given[3].remove_unused_columns
 
@@ -70,3 +71,18 @@ def test_the_task_definition_is_the_one_home_of_the_selection_metric(monkeypatch
     training = PetlTrainingArguments(output_dir="x")
     objective = run_glue_hyper_search.search_objective(DataArguments(task_name="rte"), training, run_glue_hyper_search.SearchArguments())
     assert (objective.metric, objective.mode, objective.key) == ("loss", "min", "eval_loss")
+
+
+def test_packaged_aliases_name_their_origin_and_unknown_architectures_say_where_to_add_one():
+    from transformers import AutoModelForSequenceClassification, GPTNeoConfig
+
+    from petl.arch import arch_for
+    from petl.models import PACKAGED_MODELS, packaged_origin
+
+    assert all("/" in packaged.origin.split(",")[0] for packaged in PACKAGED_MODELS.values())
+    assert "dequantised to float32 from a Q4_1 GGUF" in packaged_origin("smollm2-135m")
+    assert packaged_origin("bert-base-uncased") is None
+    config = GPTNeoConfig(hidden_size=8, num_layers=1, num_heads=2, attention_types=[[["global"], 1]])
+    model = AutoModelForSequenceClassification.from_config(config)
+    with pytest.raises(PetlError, match=r"model_type 'gpt_neo' is not supported; supported: .*one entry in ARCHITECTURES, petl/arch.py"):
+        arch_for(model)
