@@ -7,6 +7,10 @@ import copy
 import os
 from pathlib import Path
 
+# Local Ray nodes in tests use the loopback address (127.0.0.1), never the machine's network address:
+# read by Ray when it is imported (ray_constants.ENABLE_RAY_CLUSTER), and inherited by its workers.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
 import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, BertConfig, MPNetConfig, RobertaConfig

@@ -135,3 +135,11 @@ def test_trial_values_take_the_declared_argument_types(tmp_path, glue_dir):
     assert training.learning_rate == 3e-4 and base[3].learning_rate != 3e-4  # the base arguments are untouched
     with pytest.raises(PetlError, match="'lora_rnk', which no argument class has"):
         apply_config(base, {"lora_rnk": 4})
+
+
+def test_local_ray_in_tests_is_on_the_loopback_address():
+    """The tests' Ray nodes never bind the machine's network address (conftest sets the switch)."""
+    from ray._private import ray_constants, services
+
+    assert not ray_constants.ENABLE_RAY_CLUSTER
+    assert services.get_node_ip_address() == "127.0.0.1"
