@@ -35,7 +35,7 @@ from petl.arch import arch_for, backbone_of, get_module, num_layers
 from petl.choices import CACHE_DTYPES
 from petl.errors import PetlError
 from petl.progress import progress_bar
-from petl.results import publish_folder, remove_stale_temps, temporary_path
+from petl.results import build_folder, remove_stale_temps
 from petl.state import attach_state, get_state
 
 logger = logging.getLogger(__name__)
@@ -421,18 +421,18 @@ def _write_cache(folder: Path, cache: HiddenStateCache) -> None:
     """Write into a private temporary folder and rename it into place (`publish_folder`): a folder
     without the `complete` marker is never read back. A failed write (full disk, Ctrl-C) removes the
     temporary folder; one left by a killed run goes at the next start (`remove_stale_temps`)."""
+
+    def fill(tmp: Path) -> None:
+        raw = cache.states.contiguous()
+        if cache.dtype != "float32":
+            raw = raw.view(torch.int16)
+        raw.numpy().tofile(tmp / "states.bin")
+        np.save(tmp / "offsets.npy", cache.offsets)
+        meta = {"format_version": CACHE_FORMAT_VERSION, "start": cache.start, "dtype": cache.dtype, "shape": list(cache.states.shape)}
+        (tmp / "meta.json").write_text(json.dumps(meta))
+
     try:
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        with temporary_path(folder, folder=True) as tmp:
-            raw = cache.states.contiguous()
-            if cache.dtype != "float32":
-                raw = raw.view(torch.int16)
-            raw.numpy().tofile(tmp / "states.bin")
-            np.save(tmp / "offsets.npy", cache.offsets)
-            meta = {"format_version": CACHE_FORMAT_VERSION, "start": cache.start, "dtype": cache.dtype, "shape": list(cache.states.shape)}
-            (tmp / "meta.json").write_text(json.dumps(meta))
-            (tmp / "complete").write_text("ok\n")
-            publish_folder(tmp, folder, "complete")
+        build_folder(folder, "complete", fill)
     except OSError as err:
         raise PetlError(
             f"--cache_dir {str(folder.parent)!r}: the cache could not be written ({err.strerror or err}); "

@@ -29,7 +29,7 @@ from petl.arch import is_decoder_type
 from petl.choices import POOLER_TYPES
 from petl.errors import PetlError
 from petl.progress import progress_bar
-from petl.results import legacy_temp_names, publish_folder, remove_stale_temps, temporary_path
+from petl.results import build_folder, legacy_temp_names, remove_stale_temps
 from petl.state import attach_state
 
 logger = logging.getLogger(__name__)
@@ -103,11 +103,7 @@ def _build_once(alias: str, build) -> Path:
     if (target / ".complete").exists():
         return target
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        with temporary_path(target, folder=True) as tmp:
-            build(tmp)
-            (tmp / ".complete").write_text("ok\n")
-            publish_folder(tmp, target, ".complete")
+        build_folder(target, ".complete", build)
     except OSError as err:
         raise PetlError(
             f"packaged model {alias!r} could not be prepared in {str(root)!r} ({err.strerror or err}); "

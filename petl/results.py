@@ -241,6 +241,18 @@ def publish_files(stage: str | os.PathLike, target: str | os.PathLike, last: str
         os.replace(file, destination)
 
 
+def build_folder(target: str | os.PathLike, marker: str, build: Callable[[Path], object]) -> None:
+    """Build the folder `target` once, never seen half-built: `build(tmp)` fills a private temporary
+    folder, the `marker` file then marks it complete, and it is renamed into place (`publish_folder`).
+    A failure removes the temporary folder (`temporary_path`); OSErrors are the caller's to word."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with temporary_path(target, folder=True) as tmp:
+        build(tmp)
+        (tmp / marker).write_text("ok\n")
+        publish_folder(tmp, target, marker)
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     """Write `text` (UTF-8) through `write_atomic`: readers never see half a file."""
     write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
