@@ -55,7 +55,7 @@ def run(
     from petl.arch import is_decoder
     from petl.core import apply_petl, format_summary, load_petl, petl_state_dict, read_petl_config, save_petl, trainable_summary
     from petl.data import ExtraInputsCollator, plan_splits, tokenize_split
-    from petl.metrics import glue_metrics, selection_direction, selection_metric, validation_metric_names
+    from petl.metrics import checked_selection_metric, glue_metrics, selection_direction, selection_metric
     from petl.models import load_model, load_tokenizer, resolve_model_path
     from petl.results import check_appendable
     from petl.state import get_state
@@ -114,11 +114,7 @@ def run(
         data_args.max_eval_samples,
     )
 
-    metric = selection_metric(task_name, labels.is_regression, training_args.metric_for_best_model)
-    reported = validation_metric_names(task_name, labels.is_regression)
-    if metric not in reported:  # HF would fail on it only after training
-        given_metric = training_args.metric_for_best_model
-        raise PetlError(f"--metric_for_best_model {given_metric!r} is not reported for this task; allowed: {', '.join(reported)}")
+    metric = checked_selection_metric(task_name, labels.is_regression, ("--metric_for_best_model", training_args.metric_for_best_model))
     greater = selection_direction(metric, training_args.greater_is_better)
     training_args.greater_is_better = greater  # HF's own best-checkpoint bookkeeping (checkpoint rotation) agrees
 

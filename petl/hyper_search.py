@@ -114,7 +114,7 @@ class Objective:
 def search_objective(data_args, training_args, search_args: SearchArguments) -> Objective:
     """--search_metric, else --metric_for_best_model, else the task's selection metric: the choice a
     run makes for its best state (petl.metrics.selection_metric); it must be one the task reports."""
-    from petl.metrics import selection_direction, selection_metric, validation_metric_names
+    from petl.metrics import checked_selection_metric, selection_direction
     from petl.tasks import get_task
 
     task = get_task(data_args.task_name) if data_args.task_name else None
@@ -125,11 +125,12 @@ def search_objective(data_args, training_args, search_args: SearchArguments) -> 
             "custom data files need --search_metric (e.g. combined_score for regression labels, accuracy for classes): "
             "the search's objective must be known before the trials start"
         )
-    metric = selection_metric(task_name, bool(task and task.is_regression), chosen)
-    reported = validation_metric_names(task_name)
-    if metric not in reported:
-        where = "--search_metric" if search_args.search_metric else "--metric_for_best_model"
-        raise PetlError(f"{where} {metric!r} is not reported for this task; allowed: {', '.join(reported)}")
+    metric = checked_selection_metric(
+        task_name,
+        bool(task and task.is_regression),
+        ("--search_metric", search_args.search_metric),
+        ("--metric_for_best_model", training_args.metric_for_best_model),
+    )
     greater = selection_direction(metric, getattr(training_args, "greater_is_better", None))
     return Objective(metric, "max" if greater else "min")
 

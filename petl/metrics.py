@@ -87,6 +87,17 @@ def selection_metric(task_name: str | None, is_regression: bool, *chosen: str | 
     return (given or default_selection_metric(task_name, is_regression)).removeprefix("eval_")
 
 
+def checked_selection_metric(task_name: str | None, is_regression: bool, *chosen: tuple[str, str | None]) -> str:
+    """`selection_metric` from the (flag, value) pairs in `chosen`, first given wins; one the task does not
+    report is refused naming the flag that chose it (HF would fail on it only after training)."""
+    metric = selection_metric(task_name, is_regression, *(value for _, value in chosen))
+    reported = validation_metric_names(task_name, is_regression)
+    if metric not in reported:
+        flag, value = next((flag, value) for flag, value in chosen if value)  # a task's own metric is always reported
+        raise PetlError(f"{flag} {value!r} is not reported for this task; allowed: {', '.join(reported)}")
+    return metric
+
+
 def greater_is_better(metric: str) -> bool:
     return metric not in LOWER_IS_BETTER
 
