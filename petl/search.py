@@ -20,6 +20,7 @@ with a valid marker for that very folder, owned by the user and writable by no o
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -201,11 +202,21 @@ def _read_key(create: bool) -> bytes | None:
         if not create:
             return None
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(secrets.token_hex(32) + "\n")
+        from petl.results import temporary_path
+
+        # written whole under a private name, then linked into place: a crash never leaves an empty key,
+        # and of two first searches at once, one key wins and both use it
+        with temporary_path(path) as tmp:
+            os.chmod(tmp, 0o600)
+            tmp.write_text(secrets.token_hex(32) + "\n")
+            with contextlib.suppress(FileExistsError):
+                os.link(tmp, path)
     _check_private(path, "the search key file", readable_by_others=False)
-    return path.read_text().strip().encode()
+    key = path.read_text().strip().encode()
+    if len(key) < 32:
+        shown = repr(str(path))
+        raise PetlError(f"the search key file {shown} holds no key (cut short?); remove it (folders signed with it no longer resume)")
+    return key
 
 
 def _signature(key: bytes, marker: dict) -> str:

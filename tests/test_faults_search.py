@@ -257,3 +257,18 @@ def test_custom_data_needs_a_search_metric_and_a_contradicting_direction_is_refu
     assert run_glue_hyper_search.main(_argv(glue_dir, out, "--metric_for_best_model", "loss", "--greater_is_better", "true")) == 2
     assert "--greater_is_better true contradicts the selection metric 'loss'" in _one_error_line(capsys)
     assert not out.exists()
+
+
+def test_an_empty_search_key_is_refused_and_a_new_one_is_written_whole(tmp_path, monkeypatch):
+    """A key file cut short would sign markers with an empty secret: refused. A new key is written
+    whole (private name, then linked into place) with owner-only permissions."""
+    from petl.errors import PetlError
+    from petl.search import _read_key
+
+    monkeypatch.setenv("PETL_SEARCH_KEY_FILE", str(tmp_path / "search.key"))
+    key = _read_key(create=True)
+    assert len(key) == 64 and (tmp_path / "search.key").stat().st_mode & 0o777 == 0o600
+    assert _read_key(create=True) == key and [p.name for p in tmp_path.iterdir()] == ["search.key"]
+    (tmp_path / "search.key").write_text("")
+    with pytest.raises(PetlError, match="holds no key"):
+        _read_key(create=False)
