@@ -64,6 +64,19 @@ def minilm_path() -> str:
     return resolve_model_path("minilm-l6")
 
 
+@pytest.fixture(scope="session")
+def tiny_encoder_dir(tmp_path_factory, minilm_path) -> str:
+    """A tiny random BERT with the real MiniLM tokenizer (vocabulary 30522): IDPG's sentence encoder."""
+    from transformers import AutoModel, AutoTokenizer
+
+    folder = tmp_path_factory.mktemp("tiny_encoder")
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=30522, hidden_size=24, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32)
+    AutoModel.from_config(cfg).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(minilm_path).save_pretrained(folder)
+    return str(folder)
+
+
 # ---------------------------------------------------------------------------------------------
 # Helpers shared by several test modules: defined here once; test modules never import each other.
 

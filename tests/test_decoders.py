@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import DECODER_VOCAB, TINY, clone, collate, decoder_batch, decoder_config, perturb, tiny_decoder, tiny_model, token_dataset
-from transformers import AutoModel, AutoTokenizer, BertConfig
+from transformers import AutoModel, AutoTokenizer
 
 from petl.core import apply_petl, is_new_parameter, load_petl, merge_petl, save_petl, trainable_summary, unmerge_petl
 from petl.data import check_pair_template, join_pairs
@@ -186,17 +186,6 @@ def test_ptuning_trains_with_batch_size_one():
 
 # ---------------------------------------------------------------------------------------------
 # IDPG
-
-
-@pytest.fixture(scope="module")
-def tiny_encoder_dir(tmp_path_factory, minilm_path) -> str:
-    """A tiny random BERT with the real MiniLM tokenizer (vocabulary 30522)."""
-    folder = tmp_path_factory.mktemp("tiny_encoder")
-    torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=30522, hidden_size=24, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32)
-    AutoModel.from_config(cfg).save_pretrained(folder)
-    AutoTokenizer.from_pretrained(minilm_path).save_pretrained(folder)
-    return str(folder)
 
 
 def idpg_inputs(encoder_dir: str, texts: list[str]) -> dict:

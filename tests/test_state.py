@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import tiny_model
-from transformers import AutoModel, AutoTokenizer, BertConfig, DataCollatorWithPadding
+from transformers import DataCollatorWithPadding
 
 from petl.cache import prepare_cached_datasets
 from petl.core import apply_petl, load_petl, save_petl
@@ -71,25 +71,14 @@ def test_state_fields_for_lora_and_adapter_through_load_cache_save_and_load(mini
     assert loaded.owner == state.owner and loaded.cache_start is None
 
 
-@pytest.fixture(scope="module")
-def encoder_dir(tmp_path_factory, minilm_path) -> str:
-    """A tiny random BERT encoder with the real MiniLM tokenizer: IDPG's sentence encoder."""
-    folder = tmp_path_factory.mktemp("encoder")
-    torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=30522, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16)
-    AutoModel.from_config(cfg).save_pretrained(folder)
-    AutoTokenizer.from_pretrained(minilm_path).save_pretrained(folder)
-    return str(folder)
-
-
-def test_idpg_extra_inputs_go_model_to_pipeline_to_model(minilm_path, encoder_dir):
+def test_idpg_extra_inputs_go_model_to_pipeline_to_model(minilm_path, tiny_encoder_dir):
     model = load_model(minilm_path, 2, "auto", 2, seed=1)
-    apply_petl(model, [make_config("idpg", encoder=encoder_dir, variant="trained", hidden=4, prompt_length=2)])
+    apply_petl(model, [make_config("idpg", encoder=tiny_encoder_dir, variant="trained", hidden=4, prompt_length=2)])
     model.eval()
     state = get_state(model)
     assert petl_attributes(model) == {STATE_ATTRIBUTE}
     # 1. the method declares its extra inputs: a column prefix and the tokenizer that fills it
-    assert list(state.extra_inputs) == ["idpg"] and state.extra_inputs["idpg"].name_or_path == encoder_dir
+    assert list(state.extra_inputs) == ["idpg"] and state.extra_inputs["idpg"].name_or_path == tiny_encoder_dir
     assert set(state.parts.values()) == {"generator", "encoder"}
     assert {state.owner[n][0] for n in state.parts} == {"idpg"}
     # 2. the pipeline tokenises the raw pair once more with it, into <prefix>_* columns
