@@ -15,7 +15,27 @@ from petl.registry import METHODS, option_field
 class PetlArguments:
     method: str = field(default="full", metadata={"help": f"Comma-separated methods: {', '.join(METHODS)} (e.g. adapter,lora)."})
     load_petl: str | None = field(default=None, metadata={"help": "Restore a saved delta (folder) before eval/predict."})
-    export_peft: str | None = field(default=None, metadata={"help": "Write LoRA in PEFT's adapter format here."})
+    export_peft: str | None = field(
+        default=None,
+        metadata={
+            "help": "Write the trained LoRA, prefix (needs --prefix_shift_positions) or prompt (needs --prompt_position start) "
+            "in PEFT's adapter format here (with --pooler_type model)."
+        },
+    )
+    load_peft: str | None = field(
+        default=None,
+        metadata={
+            "help": "Load a PEFT adapter folder (LoRA, prefix or prompt tuning, from PEFT's save_pretrained) in place of "
+            "--method: evaluate it, or train on from it with --do_train."
+        },
+    )
+    merge_and_save: str | None = field(
+        default=None,
+        metadata={
+            "help": "After the run, fold LoRA, BitFit and IA3 into the base weights and save a plain HF model (with the "
+            "tokenizer) in this new folder (with --pooler_type model)."
+        },
+    )
     dry_run: bool = field(default=False, metadata={"help": "Print the parameter report and exit without training."})
     # One flag per method option: name and type here, default and help from the config in petl/methods/<method>.py
     # (tests/test_registry.py checks that the two agree and that no option lacks its flag).

@@ -7,12 +7,19 @@ for `layers`/`word_embeddings` and relative to one layer for everything else.
 Adding an architecture means adding one `ArchSpec` entry here.
 
 Fused projections (GPT-2's `c_attn` computes q, k and v in one Conv1D) are named `path@slot`:
-`attn.c_attn@q` is the first third of `attn.c_attn`'s output (slots listed in `fused_slots`).
+`attn.c_attn@q` is the q columns of `attn.c_attn`'s output (slots listed in `fused_slots`; q, k and v
+slots are as wide as the query and key/value heads: narrower k and v under grouped-query attention).
+
+Besides the paths, an entry states only what truly differs, declaratively: methods that cannot work
+on it and why (`refused`), config values outside which the paths are wrong (`required_config`), why
+the frozen-layer cache is invalid (`cache_refusal`), and, for shared layers (ALBERT), what a "layer" is.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 from torch import nn
 
@@ -39,6 +46,11 @@ class ArchSpec:
     position_bias_arg: str | None = None  # extra additive score bias passed to `self_attn` (MPNet)
     decoder: bool = False  # causal self-attention, no CLS token: last-token pooling, prompts at the start
     fused_slots: tuple[str, ...] = ()  # slot names of fused projections, in output order (GPT-2: q, k, v)
+    refused: dict[str, str] = field(default_factory=dict)  # registry method name -> why it cannot work on this architecture
+    required_config: dict[str, Any] = field(default_factory=dict)  # config values the paths assume -> refused otherwise
+    cache_refusal: Callable[[Any], str | None] | None = None  # config -> why the frozen-layer cache is invalid (None: valid)
+    shared_layers: str | None = None  # the map's "layers" are shared across depths (ALBERT): what a layer index means
+    cache_keeps_layers: int = 0  # layers the cached forward must still run (DeBERTa's encoder fails on an empty layer list)
 
     def targets(self) -> dict[str, tuple[str, ...]]:
         """Named projection targets used by LoRA and BitFit."""
@@ -62,6 +74,42 @@ _BERT_LIKE = ArchSpec(
     ffn_block="intermediate",
 )
 
+_LLAMA_LIKE = ArchSpec(
+    layers="layers",
+    word_embeddings="embed_tokens",
+    embeddings="embed_tokens",  # positions are rotary, applied inside attention: the cache can replace it
+    self_attn="self_attn",
+    q="self_attn.q_proj",
+    k="self_attn.k_proj",
+    v="self_attn.v_proj",
+    o="self_attn.o_proj",
+    ffn_in=("mlp.gate_proj", "mlp.up_proj"),
+    ffn_out="mlp.down_proj",
+    attn_ln="input_layernorm",
+    ffn_ln="post_attention_layernorm",
+    attn_block="self_attn",
+    ffn_block="mlp",
+    decoder=True,
+)
+
+
+def _electra_cache_refusal(config) -> str | None:
+    if config.embedding_size != config.hidden_size:
+        return (
+            f"ELECTRA with embedding_size {config.embedding_size} != hidden_size {config.hidden_size} projects the embeddings "
+            "(embeddings_project) after the module the cached states replace"
+        )
+    return None
+
+
+def _deberta_cache_refusal(config) -> str | None:
+    if getattr(config, "conv_kernel_size", 0) > 0:
+        return "DeBERTa-v2 with conv_kernel_size > 0 applies its convolution after the first layer the encoder runs (the cache cuts layers)"
+    return None
+
+
+_NO_PAST_KEY_VALUES = "its attention takes no past_key_values and {why}, so learned prefix keys have no place in it"
+
 ARCHITECTURES: dict[str, ArchSpec] = {
     "gpt2": ArchSpec(
         layers="h",
@@ -81,25 +129,93 @@ ARCHITECTURES: dict[str, ArchSpec] = {
         decoder=True,
         fused_slots=("q", "k", "v"),
     ),
-    "llama": ArchSpec(
-        layers="layers",
-        word_embeddings="embed_tokens",
-        embeddings="embed_tokens",  # positions are rotary, applied inside attention: the cache can replace it
-        self_attn="self_attn",
-        q="self_attn.q_proj",
-        k="self_attn.k_proj",
-        v="self_attn.v_proj",
-        o="self_attn.o_proj",
-        ffn_in=("mlp.gate_proj", "mlp.up_proj"),
-        ffn_out="mlp.down_proj",
-        attn_ln="input_layernorm",
-        ffn_ln="post_attention_layernorm",
-        attn_block="self_attn",
-        ffn_block="mlp",
-        decoder=True,
+    "llama": _LLAMA_LIKE,
+    "mistral": _LLAMA_LIKE,
+    "qwen2": _LLAMA_LIKE,  # q, k, v have biases (BitFit on them), o and the FFN none
+    "qwen3": _LLAMA_LIKE,  # per-head q/k RMSNorm inside attention: the map is unchanged
+    "gemma": _LLAMA_LIKE,  # the sqrt(hidden) embedding scale is inside embed_tokens: the cache replaces it too
+    "phi3": replace(
+        _LLAMA_LIKE,
+        q="self_attn.qkv_proj@q",
+        k="self_attn.qkv_proj@k",
+        v="self_attn.qkv_proj@v",
+        ffn_in=("mlp.gate_up_proj",),  # gate and up fused in one projection
+        fused_slots=("q", "k", "v"),
     ),
     "bert": _BERT_LIKE,
     "roberta": _BERT_LIKE,
+    "xlm-roberta": _BERT_LIKE,
+    "electra": replace(_BERT_LIKE, cache_refusal=_electra_cache_refusal),
+    "deberta-v2": replace(  # DeBERTa-v2 and -v3
+        _BERT_LIKE,
+        q="attention.self.query_proj",
+        k="attention.self.key_proj",
+        v="attention.self.value_proj",
+        refused={
+            "prefix": _NO_PAST_KEY_VALUES.format(
+                why="scores every key by its relative position to each query (disentangled c2p/p2c attention)"
+            )
+        },
+        cache_refusal=_deberta_cache_refusal,
+        cache_keeps_layers=1,
+    ),
+    "distilbert": ArchSpec(
+        layers="transformer.layer",
+        word_embeddings="embeddings.word_embeddings",
+        embeddings="embeddings",
+        self_attn="attention",
+        q="attention.q_lin",
+        k="attention.k_lin",
+        v="attention.v_lin",
+        o="attention.out_lin",
+        ffn_in=("ffn.lin1",),
+        ffn_out="ffn.lin2",
+        attn_ln="sa_layer_norm",
+        ffn_ln="output_layer_norm",
+        attn_block="attention",
+        ffn_block="ffn",
+    ),
+    "modernbert": ArchSpec(
+        layers="layers",
+        word_embeddings="embeddings.tok_embeddings",
+        embeddings="embeddings",
+        self_attn="attn",
+        q="attn.Wqkv@q",
+        k="attn.Wqkv@k",
+        v="attn.Wqkv@v",
+        o="attn.Wo",
+        ffn_in=("mlp.Wi",),  # input and gate fused in one projection
+        ffn_out="mlp.Wo",
+        attn_ln="attn_norm",  # an Identity in layer 0
+        ffn_ln="mlp_norm",
+        attn_block="attn",
+        ffn_block="mlp",
+        fused_slots=("q", "k", "v"),
+        refused={"prefix": _NO_PAST_KEY_VALUES.format(why="applies rotary positions computed for exactly the input's tokens")},
+    ),
+    "albert": ArchSpec(
+        layers="encoder.albert_layer_groups",
+        word_embeddings="embeddings.word_embeddings",
+        embeddings="embeddings",
+        self_attn="albert_layers.0.attention",
+        q="albert_layers.0.attention.query",
+        k="albert_layers.0.attention.key",
+        v="albert_layers.0.attention.value",
+        o="albert_layers.0.attention.dense",
+        ffn_in=("albert_layers.0.ffn",),
+        ffn_out="albert_layers.0.ffn_output",
+        attn_ln="albert_layers.0.attention.LayerNorm",
+        ffn_ln="albert_layers.0.full_layer_layer_norm",
+        attn_block="albert_layers.0.attention",
+        ffn_block="albert_layers.0.ffn",
+        required_config={"inner_group_num": 1},  # every released ALBERT; the paths name albert_layers.0 only
+        cache_refusal=lambda config: "ALBERT runs its one shared layer group at every depth, so no layer below a method is frozen",
+        shared_layers=(
+            "ALBERT shares one layer group's weights across all depths: a layer index here is a shared group "
+            "(num_hidden_groups, 1 in every released ALBERT), and a method placed on it acts at every depth; "
+            "per-depth placement is impossible"
+        ),
+    ),
     "mpnet": ArchSpec(
         layers="encoder.layer",
         word_embeddings="embeddings.word_embeddings",
@@ -127,7 +243,33 @@ def arch_for(model: nn.Module) -> ArchSpec:
             f"model_type {model_type!r} is not supported; supported: {', '.join(sorted(ARCHITECTURES))} "
             "(a new architecture is one entry in ARCHITECTURES, petl/arch.py)"
         )
-    return ARCHITECTURES[model_type]
+    spec = ARCHITECTURES[model_type]
+    for name, expected in spec.required_config.items():
+        value = getattr(model.config, name, None)
+        if value != expected:
+            raise PetlError(
+                f"{model_type} with {name}={value!r} is not supported; allowed: {name}={expected!r} "
+                "(the module paths in petl/arch.py assume it)"
+            )
+    return spec
+
+
+def check_method_supported(model: nn.Module, method: str) -> None:
+    """A method this architecture cannot host is refused by name, with the reason, before anything attaches."""
+    reason = arch_for(model).refused.get(method)
+    if reason:
+        raise PetlError(f"--method {method} is not supported for {model.config.model_type}: {reason}")
+
+
+def layer_indices(model: nn.Module, spec: str, flag: str) -> list[int]:
+    """The layers a `--<method>_layers` spec names; on shared layers (ALBERT) an error says what a layer is."""
+    from petl.layers import parse_layers
+
+    try:
+        return parse_layers(spec, num_layers(model), flag)
+    except PetlError as err:
+        note = arch_for(model).shared_layers
+        raise PetlError(f"{err} ({note})" if note else str(err)) from None
 
 
 def is_decoder_type(model_type: str | None) -> bool:
@@ -154,15 +296,24 @@ def projection_features(module: nn.Module) -> tuple[int, int]:
     raise PetlError(f"expected a Linear or Conv1D projection, got {type(module).__name__}")
 
 
-def slot_range(module: nn.Module, slot: str | None, spec: ArchSpec) -> tuple[int, int] | None:
-    """Output columns [start, end) of `slot` in a fused projection; None for the whole output."""
+def slot_range(module: nn.Module, slot: str | None, spec: ArchSpec, config) -> tuple[int, int] | None:
+    """Output columns [start, end) of `slot` in a fused projection; None for the whole output. Fused q, k, v
+    slots are as wide as the query heads and the key/value heads (Phi-3 with grouped-query attention)."""
     if slot is None:
         return None
     if slot not in spec.fused_slots:
         raise PetlError(f"internal: unknown fused slot {slot!r}; this architecture has {spec.fused_slots}")
-    width = projection_features(module)[1] // len(spec.fused_slots)
-    start = spec.fused_slots.index(slot) * width
-    return start, start + width
+    out = projection_features(module)[1]
+    if spec.fused_slots == ("q", "k", "v"):
+        heads, kv_heads, head_dim = attention_geometry(config)
+        widths = (heads * head_dim, kv_heads * head_dim, kv_heads * head_dim)
+    else:
+        widths = (out // len(spec.fused_slots),) * len(spec.fused_slots)
+    if sum(widths) != out:
+        raise PetlError(f"internal: fused projection of width {out} does not split into {dict(zip(spec.fused_slots, widths, strict=True))}")
+    index = spec.fused_slots.index(slot)
+    start = sum(widths[:index])
+    return start, start + widths[index]
 
 
 def attention_geometry(config) -> tuple[int, int, int]:
@@ -185,6 +336,12 @@ def get_module(root: nn.Module, path: str) -> nn.Module:
 
 def backbone_of(model: nn.Module) -> nn.Module:
     return model.base_model
+
+
+def input_embedding_width(model: nn.Module) -> int:
+    """Width of the token embeddings, where input prompts go: below hidden_size when the model projects
+    its embeddings up (ALBERT, ELECTRA-small: embedding_size 128)."""
+    return get_module(backbone_of(model), arch_for(model).word_embeddings).weight.shape[1]
 
 
 def transformer_layers(model: nn.Module) -> nn.ModuleList:

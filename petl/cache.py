@@ -15,6 +15,7 @@ the cached run does not (the frozen bottom acts as a fixed feature extractor).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import inspect
@@ -58,6 +59,10 @@ def cache_start_layer(model: nn.Module) -> int:
     if not state.applied:
         raise PetlError("--cache_frozen_layers needs PETL methods applied first")
     owner = state.owner
+    refusal = arch_for(model).cache_refusal
+    reason = refusal(model.config) if refusal else None
+    if reason:
+        raise PetlError(f"--cache_frozen_layers is not supported for {model.config.model_type}: {reason}; drop the flag")
     if arch_for(model).embeddings is None:
         raise PetlError(
             f"--cache_frozen_layers is not supported for {model.config.model_type}: its embeddings are not one module "
@@ -70,7 +75,7 @@ def cache_start_layer(model: nn.Module) -> int:
             "outside the transformer layers (embeddings), so nothing below it is frozen"
         )
     layers = [layer for m, layer in owner.values() if layer is not None]
-    start = min(layers) if layers else num_layers(model)
+    start = min(layers) if layers else num_layers(model) - arch_for(model).cache_keeps_layers
     if start == 0:
         first = sorted({m for m, layer in owner.values() if layer == 0})
         raise PetlError(
@@ -373,19 +378,72 @@ def build_cache(
     name: str = "data",
 ) -> HiddenStateCache:
     """States entering layer `start` for every example of `dataset` (a tokenised datasets.Dataset).
-    With `cache_dir`, reuse a complete cache of the same fingerprint or write one atomically; first
-    remove the temporary folders that killed runs left there (never one a live run is writing)."""
+    With `cache_dir`, reuse a complete cache of the same fingerprint or build one under that key's
+    lock (`cache_build_lock`: cells of a sweep that want the same cache at once wait for the one that
+    builds it, then reuse it) and write it atomically; first remove the temporary folders that killed
+    runs left there (never one a live run is writing)."""
     if dtype not in CACHE_DTYPES:
         raise PetlError(f"--cache_dtype {dtype!r} is not one of {', '.join(CACHE_DTYPES)}")
-    key = None
-    if cache_dir is not None:
-        for stale in remove_stale_temps(cache_dir, legacy=_LEGACY_TEMP_FOLDER):
-            logger.info("cache: removed %s, left by an interrupted run", stale)
-        key = fingerprint(model, start, dataset, dtype, collator, batch_size)
-        found = _read_cache(Path(cache_dir) / key, start, dtype)
-        if found is not None:
-            logger.info("cache %s: reused %s (%d examples, %.1f MB)", name, Path(cache_dir) / key, len(found), found.nbytes / 1e6)
-            return found
+    if cache_dir is None:
+        return _compute_cache(model, start, dataset, collator, dtype, batch_size, name)
+    for stale in remove_stale_temps(cache_dir, legacy=_LEGACY_TEMP_FOLDER):
+        logger.info("cache: removed %s, left by an interrupted run", stale)
+    key = fingerprint(model, start, dataset, dtype, collator, batch_size)
+    folder = Path(cache_dir) / key
+    found = _read_cache(folder, start, dtype)
+    if found is None:
+        with cache_build_lock(folder):
+            found = _read_cache(folder, start, dtype)  # built by another cell while this one waited
+            if found is None:
+                _write_cache(folder, _compute_cache(model, start, dataset, collator, dtype, batch_size, name))
+                logger.info("cache %s: wrote %s", name, folder)
+                return _read_cache(folder, start, dtype)  # serve it memory-mapped
+    logger.info("cache %s: reused %s (%d examples, %.1f MB)", name, folder, len(found), found.nbytes / 1e6)
+    return found
+
+
+@contextmanager
+def cache_build_lock(folder: Path):
+    """An exclusive flock on `.<key>.lock` beside the cache folder, held while the cache is built:
+    another process (a sweep's cell on this node, or on another node when the cache directory is on a
+    shared file system with flock) that wants the same cache blocks here, then finds it complete. The
+    holder removes the lock file before releasing it, so none is left behind; a waiter whose lock
+    turns out to be on a removed file takes the lock anew. Where flock is not supported the build goes
+    on unlocked, the temporary-name-and-rename write (`build_folder`) remaining the safety net."""
+    import fcntl
+
+    lock_path = folder.parent / f".{folder.name}.lock"
+    while True:
+        try:
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise PetlError(
+                f"--cache_dir {str(folder.parent)!r}: the cache's lock file cannot be created ({err.strerror or err}); "
+                "give a writable --cache_dir, or none (caches in memory)"
+            ) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:  # a file system without locks (some NFS): build unlocked, as before
+            logger.warning("cache %s: the file system does not support locks; another process may build it too", folder)
+            break
+        try:
+            current = os.stat(lock_path).st_ino
+        except FileNotFoundError:
+            current = None
+        if current == os.fstat(fd).st_ino:
+            break
+        os.close(fd)  # the holder before removed this file: lock the one there now
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(lock_path)
+        os.close(fd)  # releases the lock
+
+
+def _compute_cache(model: nn.Module, start: int, dataset, collator, dtype: str, batch_size: int, name: str) -> HiddenStateCache:
+    """The forward pass through the frozen bottom, in memory."""
     lengths = np.array([len(x) if m is None else int(np.sum(m)) for x, m in _lengths_source(dataset)], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)])
     states = torch.empty(int(offsets[-1]), model.config.hidden_size, dtype=TORCH_DTYPES[dtype])
@@ -399,12 +457,7 @@ def build_cache(
             for row, i in enumerate(idx):
                 states[offsets[i] : offsets[i + 1]] = out[row, keep[row]]
             bar.update(1)
-    cache = HiddenStateCache(states, offsets, start, dtype)
-    if cache_dir is not None:
-        _write_cache(Path(cache_dir) / key, cache)
-        logger.info("cache %s: wrote %s", name, Path(cache_dir) / key)
-        cache = _read_cache(Path(cache_dir) / key, start, dtype)  # serve it memory-mapped
-    return cache
+    return HiddenStateCache(states, offsets, start, dtype)
 
 
 def _keep_mask(batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 import petl.methods  # noqa: F401 - registers every method
-from petl.arch import arch_for, layers_prefix
+from petl.arch import arch_for, check_method_supported, layers_prefix
 from petl.errors import PetlError
 from petl.models import head_module_names
 from petl.registry import METHODS, MethodConfig, MethodEntry, config_from_dict, get_method, make_config
@@ -25,11 +25,6 @@ from petl.state import attach_state, get_state
 PETL_CONFIG_FILE = "petl_config.json"
 PETL_WEIGHTS_FILE = "petl_weights.safetensors"
 FORMAT_VERSION = 1
-
-
-def head_parameter_names(model: nn.Module) -> list[str]:
-    prefixes = tuple(p + "." for p in head_module_names(model))
-    return [n for n, _ in model.named_parameters() if n.startswith(prefixes)]
 
 
 def parse_methods(spec: str | list[str] | list[MethodConfig]) -> list[str]:
@@ -67,10 +62,13 @@ def apply_petl(model: nn.Module, methods: list[MethodConfig] | list[dict] | str)
         methods = [make_config(n) for n in parse_methods(methods)]
     configs = [config_from_dict(m) if isinstance(m, dict) else m for m in methods]
     validate_combination([c.method for c in configs])
+    for cfg in configs:
+        check_method_supported(model, cfg.method)  # refusals in the architecture map (petl/arch.py), before anything attaches
     # scalings (IA3) attach first: their output hooks then run before those that rewrite rows (MPNet's
     # prefix), so a combination means one model whatever the --method order (petl/registry.py: hook order)
     configs.sort(key=lambda c: not get_method(c.method).multiplicative)
-    head_names = head_parameter_names(model)  # before methods attach modules of their own
+    # the head's modules, named before methods attach modules of their own (IDPG's sentence encoder is one)
+    head_prefixes = tuple(name + "." for name in head_module_names(model))
     model.requires_grad_(False)
     owner: dict[str, tuple[str, int | None]] = OrderedDict()
     parts: dict[str, str] = {}
@@ -80,6 +78,8 @@ def apply_petl(model: nn.Module, methods: list[MethodConfig] | list[dict] | str)
                 layer, parts[name] = layer
             owner[name] = (cfg.method, layer)
     params = dict(model.named_parameters())
+    # a method may replace what sits in the head's modules (linear-probe: one linear map): the head is what stands there now
+    head_names = [n for n in params if n.startswith(head_prefixes) and n not in owner]
     for name in head_names:
         params[name].requires_grad_(True)
         owner[name] = ("head", None)
@@ -235,8 +235,6 @@ def read_petl_config(directory: str | os.PathLike) -> dict[str, Any]:
     """A saved delta's config, checked before any model is loaded: valid JSON, known keys of the
     right types, methods that build; and its weights file present with a complete header (a
     truncated file is refused here, not halfway through loading)."""
-    from safetensors import safe_open
-
     from petl.typecheck import conforms, shown, type_name
 
     path = Path(directory) / PETL_CONFIG_FILE
@@ -264,12 +262,19 @@ def read_petl_config(directory: str | os.PathLike) -> dict[str, Any]:
     weights_path = Path(directory) / PETL_WEIGHTS_FILE
     if not weights_path.is_file():
         raise PetlError(f"--load_petl {str(directory)!r} has no {PETL_WEIGHTS_FILE}")
+    check_safetensors_readable(weights_path)
+    return config
+
+
+def check_safetensors_readable(path: Path) -> None:
+    """A safetensors file whose header reads (a truncated copy does not), else one line naming it."""
+    from safetensors import safe_open
+
     try:
-        with safe_open(str(weights_path), "pt"):
+        with safe_open(str(path), "pt"):
             pass
     except (SafetensorError, OSError) as err:
-        raise PetlError(f"{str(weights_path)!r} is damaged or incomplete (a truncated copy?): {err}") from None
-    return config
+        raise PetlError(f"{str(path)!r} is damaged or incomplete (a truncated copy?): {err}") from None
 
 
 def load_petl(model: nn.Module, directory: str | os.PathLike) -> nn.Module:

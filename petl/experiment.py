@@ -80,13 +80,21 @@ def run(
         if data_args.pair_template is None:  # the delta was trained on texts joined this way
             data_args = dataclasses.replace(data_args, pair_template=saved.get("pair_template"))
         method_configs = None
+    elif petl_args.load_peft:  # PEFT's adapter becomes the method that computes the same (petl.peft_import)
+        from petl.peft_import import check_peft_arguments, read_peft_adapter
+
+        peft_adapter = read_peft_adapter(petl_args.load_peft)
+        check_peft_arguments(petl_args, model_args, given)
+        petl_args = dataclasses.replace(petl_args, method=peft_adapter.method)
+        model_args = dataclasses.replace(model_args, pooler_type="model")  # PEFT's adapters sit on the stock HF classifier
+        method_configs = None
     else:
         method_configs = petl_args.method_configs(given)
     method_names = petl_args.method_names()  # a loaded delta's too
-    if petl_args.export_peft and "lora" not in method_names:
-        raise PetlError("--export_peft needs --method lora (PEFT's adapter format holds LoRA weights)")
+    check_interop_arguments(petl_args, training_args, method_names)
     method_lrs = method_default_learning_rates(training_args, method_names, given)
-    settle_training_arguments(training_args, evaluate_only=bool(petl_args.load_petl), cuda=torch.cuda.is_available())
+    evaluate_only = bool(petl_args.load_petl or petl_args.load_peft)  # --do_train trains on from the loaded tensors
+    settle_training_arguments(training_args, evaluate_only=evaluate_only, cuda=torch.cuda.is_available())
     enable_progress_bars(not training_args.disable_tqdm)  # the model unpack and cache pass bars follow the Trainer's
     if trial:
         out_dir = Path(training_args.output_dir)
@@ -138,8 +146,13 @@ def run(
     # ---- methods
     if petl_args.load_petl:
         load_petl(model, petl_args.load_petl)
+    elif petl_args.load_peft:
+        from petl.peft_import import load_peft
+
+        load_peft(model, petl_args.load_peft, model_args.model_name_or_path)
     else:
         apply_petl(model, method_configs)
+    check_interop_model(model, petl_args)  # --export_peft / --merge_and_save settings: refused before training
     summary = trainable_summary(model)
     if petl_args.dry_run:
         print(format_summary(summary))
@@ -204,8 +217,11 @@ def run(
     # ---- trainer: the best validation state is kept in memory and restored after training
     best = BestStateCallback(model, metric, greater, training_args.early_stopping_patience)
 
+    latest_predictions: dict[str, np.ndarray] = {}  # the last evaluation's logits: the reported split's go into the record
+
     def compute_metrics(pred):
         logits = pred.predictions[0] if isinstance(pred.predictions, tuple) else pred.predictions
+        latest_predictions["logits"] = logits
         return glue_metrics(task_name, logits, pred.label_ids, labels.is_regression)
 
     trainer = PetlTrainer(
@@ -222,7 +238,18 @@ def run(
 
     # ---- train
     train_metrics = {}
-    if training_args.do_train:
+    probe_fit = None
+    if training_args.do_train and "linear-probe" in method_names:  # fitted in closed form / L-BFGS, not trained by the Trainer
+        from petl.methods.linear_probe import fit_linear_probe
+
+        probe_fit = fit_linear_probe(
+            model, trainer, train_ds, eval_ds["validation"], plan.train.labels, plan.eval_sets["validation"].labels,
+            task_name, labels.is_regression, metric, greater,
+        )  # fmt: skip
+        best.best_value = probe_fit["validation_score"]
+        best.history = [{"l2": float(k), f"eval_{metric}": v} for k, v in probe_fit["validation_scores"].items()]
+        train_metrics = {"train_runtime": probe_fit["fit_seconds"]}
+    elif training_args.do_train:
         train_out = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
         train_metrics = dict(train_out.metrics)
         if best.restore_best():
@@ -241,9 +268,13 @@ def run(
 
     # ---- evaluate every validation/test set, and predict the unlabeled test sets
     eval_metrics: dict[str, dict] = {}
+    reported_predictions = None
     for name, ds in eval_ds.items():
+        latest_predictions.clear()
         m = trainer.evaluate(eval_dataset=ds, metric_key_prefix=name)
         eval_metrics[name] = {k.removeprefix(f"{name}_"): v for k, v in m.items()}
+        if name == plan.report_prefix and "logits" in latest_predictions:
+            reported_predictions = compact_predictions(name, plan.eval_sets[name], latest_predictions["logits"], labels.is_regression)
     predictions = {}
     if training_args.do_predict:
         for name in plan.predict_sets:
@@ -279,14 +310,13 @@ def run(
             train_metrics=train_metrics,
             cache_info=cache_info,
             prediction_files=prediction_files,
+            reported_predictions=reported_predictions,
+            probe_fit=probe_fit,
             out_dir=out_dir,
             wall_time_seconds=time.time() - started,
         )
         if stage is not None:
-            if state is not None and petl_args.export_peft:  # before anything is published: a failed export changes nothing
-                from petl.peft_export import export_peft
-
-                export_peft(model, petl_args.export_peft, model_args.model_name_or_path, state=state)
+            write_interop_files(model, tokenizer, petl_args, model_args, model_path, state, task_name, out_dir)
             publish_run_files(stage, out_dir, record, training_args.results_file)
     if trainer.is_world_process_zero():
         print_reported_metrics(record, task_name, labels.is_regression)
@@ -367,6 +397,56 @@ def check_saved_methods(saved: dict, petl_args: PetlArguments, given: Collection
         raise PetlError(f"--{flags[0]} was given with --load_petl, whose saved delta fixes every method option; omit it")
 
 
+def check_interop_arguments(petl_args: PetlArguments, training_args: PetlTrainingArguments, method_names: list[str]) -> None:
+    """--export_peft and --merge_and_save: methods they cannot write are refused before any work."""
+    if petl_args.export_peft:
+        from petl.peft_export import check_export_methods
+
+        check_export_methods(method_names)
+    if petl_args.merge_and_save:
+        from transformers.integrations import is_deepspeed_zero3_enabled
+
+        from petl.merge import check_foldable
+
+        check_foldable(method_names)
+        if training_args.deepspeed and is_deepspeed_zero3_enabled():
+            raise PetlError(
+                "--merge_and_save is not supported under DeepSpeed ZeRO-3 (each rank holds a slice of every weight); "
+                "merge the saved delta afterwards (petl.load_petl, then petl.merge_and_unload)"
+            )
+
+
+def check_interop_model(model, petl_args: PetlArguments) -> None:
+    """The settings --export_peft and --merge_and_save need, checked on the model before training."""
+    if petl_args.export_peft:
+        from petl.peft_export import check_exportable
+
+        check_exportable(model)
+    if petl_args.merge_and_save:
+        from petl.merge import check_plain_hf_model
+
+        check_plain_hf_model(model)
+
+
+def write_interop_files(model, tokenizer, petl_args, model_args, model_path: str, state, task_name, out_dir: Path) -> None:
+    """--export_peft, then --merge_and_save (which folds the methods into the weights: last), before the
+    run's files are published: a failure here leaves output_dir as it was."""
+    if not (petl_args.export_peft or petl_args.merge_and_save):
+        return
+    from petl.peft_export import base_provenance
+
+    info = base_provenance(model_args.model_name_or_path, model_path, model)
+    if petl_args.export_peft:
+        from petl.peft_export import export_peft
+
+        export_peft(model, petl_args.export_peft, model_args.model_name_or_path, state=state, info=info)
+    if petl_args.merge_and_save:
+        from petl.merge import save_merged
+
+        info = {**info, "task": task_name or "custom", "run_output_dir": str(out_dir)}
+        save_merged(model, petl_args.merge_and_save, tokenizer, info=info)
+
+
 def settle_training_arguments(training_args: PetlTrainingArguments, evaluate_only: bool, cuda: bool) -> None:
     """What every run does, whatever HF's defaults: train (unless it evaluates a saved delta) and
     evaluate; keep the best state in memory and restore it (--load_best_model_at_end asks for that; HF's
@@ -404,6 +484,10 @@ def prepare_output_dir(model_args: ModelArguments, data_args: DataArguments, pet
     check_writable_folder(out, "--output_dir")
     if petl_args.export_peft:
         check_writable_folder(petl_args.export_peft, "--export_peft")
+    if petl_args.merge_and_save:
+        from petl.merge import check_merge_target
+
+        check_merge_target(petl_args.merge_and_save)
     if training_args.cache_frozen_layers and training_args.cache_dir:
         check_writable_folder(training_args.cache_dir, "--cache_dir")
     if (out / RESULTS_FILE).exists() and not training_args.overwrite_output_dir and not petl_args.dry_run:
@@ -521,6 +605,22 @@ def write_predictions(out_dir: Path, task, labels, name: str, preds: np.ndarray,
     return path
 
 
+def compact_predictions(split_name: str, split, logits: np.ndarray, is_regression: bool) -> dict:
+    """One split's per-example predictions, compactly: the examples' ids (as the prediction files name
+    them), the predicted class ids (or scores to 5 significant digits, unclipped as the metrics saw them)
+    and the gold labels, so a report can recompute any metric on resampled examples."""
+    if is_regression:
+        scores = np.asarray(logits, dtype=np.float64).reshape(-1)
+        values = [float(f"{v:.5g}") for v in scores]
+        gold = [float(f"{float(v):.5g}") for v in split.labels]
+    else:
+        values = [int(c) for c in np.asarray(logits).argmax(-1)]
+        gold = [int(v) for v in split.labels]
+    if len(values) != len(split.ids):
+        raise PetlError(f"internal: {len(values)} predictions for the {len(split.ids)} examples of {split_name!r}")
+    return {"split": split_name, "ids": [str(i) for i in split.ids], "values": values, "labels": gold}
+
+
 def build_record(
     *,
     arguments: tuple,
@@ -540,11 +640,13 @@ def build_record(
     prediction_files: dict[str, str],
     out_dir: Path,
     wall_time_seconds: float,
+    reported_predictions: dict | None = None,
+    probe_fit: dict | None = None,
 ) -> dict[str, Any]:
     """The results record of one run (results.json, one line of --results_file): what ran (the
     arguments as the run settled them), what it scored, and where; every NaN/infinity as null."""
     from petl.metrics import constant_baselines
-    from petl.models import packaged_origin
+    from petl.models import packaged_origin, packaged_origin_note
     from petl.results import git_commit, hardware, library_versions, peak_memory
     from petl.state import get_state
 
@@ -555,6 +657,7 @@ def build_record(
         "model": {
             "name_or_path": model_args.model_name_or_path,
             "origin": packaged_origin(model_args.model_name_or_path),  # a packaged alias's hub id; else None
+            "origin_note": packaged_origin_note(model_args.model_name_or_path),  # how its weights differ from the hub's (a quantised copy)
             "resolved_path": model_path,
             "model_type": model.config.model_type,
             "num_hidden_layers": model.config.num_hidden_layers,
@@ -593,6 +696,9 @@ def build_record(
         "hardware": hardware(),
         "git": git_commit(),
         "prediction_files": prediction_files,
+        # per-example predictions on the reported split (test under heldout): paired bootstrap CIs in petl.report
+        "test_predictions": reported_predictions,
+        "linear_probe": probe_fit,  # the L2 strength chosen on validation and each strength's score; None for other methods
         "arguments": {
             "model": dataclasses.asdict(model_args),
             "data": dataclasses.asdict(data_args),

@@ -60,6 +60,11 @@ class SearchArguments:
     )
     final_retrain: bool = field(default=True, metadata={"help": "Retrain the best configuration with a fresh seed and report test."})
     search_seed: int = field(default=0, metadata={"help": "Seed of the search (sampling, PBT decisions)."})
+    keep_trials: bool = field(
+        default=False,
+        metadata={"help": "Keep the trials' folders (<output_dir>/trials, Ray's <output_dir>/ray) after a finished search; "
+                  "default: removed once search_results.json is written."},
+    )  # fmt: skip
 
 
 def search_argument_classes() -> tuple[type, ...]:
@@ -170,6 +175,11 @@ def prepare_search_folder(out_dir: Path, search_args: SearchArguments, overwrite
             raise PetlError("--resume continues the search in --output_dir and --overwrite_output_dir starts it afresh; give one")
         if out_dir.exists():
             check_resumable(out_dir)  # before Ray unpickles anything from it
+            if results_file.exists() and not state_dir.exists():
+                raise PetlError(
+                    f"--resume: the search in {str(out_dir)!r} finished (search_results.json) and its trial folders were removed; "
+                    "nothing to resume. Pass --overwrite_output_dir to search afresh"
+                )
             return state_dir.exists()
         logger.info("--resume: %s does not exist, nothing to resume; starting a new search", out_dir)
     elif (results_file.exists() or state_dir.exists()) and not overwrite:
@@ -277,8 +287,10 @@ def trial_environment(training_args, logs_dir: Path | None, trial_name: str) -> 
     return {"TENSORBOARD_LOGGING_DIR": str(logs_dir / trial_name)}
 
 
-def make_trainable(base_args: tuple, metric_key: str, logs_dir: Path | None = None):
-    """The Tune function trainable; with `logs_dir`, trials reporting to TensorBoard write there."""
+def make_trainable(base_args: tuple, metric_key: str, logs_dir: Path | None = None, trials_dir: Path | None = None):
+    """The Tune function trainable; with `logs_dir`, trials reporting to TensorBoard write there. Each
+    trial trains in a fresh folder under `trials_dir` (the search's <output_dir>/trials; never the
+    system temp directory), named by Ray's trial id."""
 
     def trainable(config: dict) -> None:
         from ray import tune
@@ -286,10 +298,13 @@ def make_trainable(base_args: tuple, metric_key: str, logs_dir: Path | None = No
         from petl import experiment
 
         model_args, data_args, petl_args, training_args = apply_config(base_args, config)
-        trial_dir = Path(tempfile.mkdtemp(prefix="trial-"))
+        trial_id = tune.get_context().get_trial_id()
+        if trials_dir is not None:
+            trials_dir.mkdir(parents=True, exist_ok=True)
+        trial_dir = Path(tempfile.mkdtemp(prefix=f"trial_{trial_id}-", dir=trials_dir))  # a restored trial: a new folder
         settings = trial_settings(training_args, trial_dir)
         # each trial runs in its own process (reuse_actors=False): its environment is its own
-        os.environ.update(trial_environment(training_args, logs_dir, f"trial_{tune.get_context().get_trial_id()}"))
+        os.environ.update(trial_environment(training_args, logs_dir, f"trial_{trial_id}"))
         checkpoint = tune.get_checkpoint()
         if checkpoint is not None:  # PBT exploit or a retried trial: continue from that state
             restored = trial_dir / "restored"
@@ -357,7 +372,8 @@ def run_trials(base: tuple, space: dict, objective: Objective, search_args: Sear
     start_ray(search_args)
     try:
         trainable = tune.with_resources(
-            make_trainable(base, objective.key, logs_dir=storage.parent / "runs"),  # storage is <output_dir>/ray
+            # storage is <output_dir>/ray
+            make_trainable(base, objective.key, logs_dir=storage.parent / "runs", trials_dir=storage.parent / "trials"),
             {"cpu": search_args.cpus_per_trial, "gpu": search_args.gpus_per_trial},
         )
         if resumable:  # prepare_search_folder checked that this folder's pickles are the user's own
@@ -470,7 +486,16 @@ def run_search(argv: list[str] | None = None) -> dict:
     if search_args.final_retrain:
         summary["final_retrain"] = final_retrain(base, best["config"], out_dir / "best")
     write_json_atomic(out_dir / "search_results.json", summary)
+    if not search_args.keep_trials:
+        remove_trial_folders(out_dir)
     return summary
+
+
+def remove_trial_folders(out_dir: Path) -> None:
+    """A finished search's trial folders (<output_dir>/trials) and Ray's (<output_dir>/ray: trial
+    checkpoints and the state --resume reads) go; search_results.json, best/ and runs/ (TensorBoard) stay."""
+    for name in ("trials", "ray"):
+        shutil.rmtree(out_dir / name, ignore_errors=True)
 
 
 def format_trials(trials: list[dict], metric: str) -> str:

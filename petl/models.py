@@ -42,7 +42,8 @@ class PackagedModel:
     zipped: bool = False  # files are split zip parts `input/*.zip.00N`, one per package, joined in order
     gguf_file: str | None = None  # a GGUF file in the package: dequantised once into a safetensors cache
     description: str = ""
-    origin: str = ""  # the hub id these weights come from (what others can resolve), and how they were converted
+    origin: str = ""  # the hub id these weights come from: what others can resolve (a PEFT export's base model)
+    origin_note: str = ""  # how the packaged weights differ from the hub's, if they do (a quantised copy)
 
 
 PACKAGED_MODELS: dict[str, PackagedModel] = {
@@ -65,7 +66,9 @@ PACKAGED_MODELS: dict[str, PackagedModel] = {
         gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
         description="Llama-style decoder (SmolLM2-135M-Instruct, Q4_1 GGUF dequantised to float32): 30 layers, "
         "hidden 576, 9 query / 3 key-value heads, 135M parameters",
-        origin="HuggingFaceTB/SmolLM2-135M-Instruct, dequantised to float32 from a Q4_1 GGUF",
+        origin="HuggingFaceTB/SmolLM2-135M-Instruct",
+        origin_note="dequantised to float32 from a Q4_1 GGUF of HuggingFaceTB/SmolLM2-135M-Instruct: "
+        "close to, not bit-identical with, the hub's bfloat16 weights",
     ),
 }
 
@@ -74,6 +77,12 @@ def packaged_origin(name: str) -> str | None:
     """Where a packaged alias's weights come from (a hub id others can resolve); None for other names."""
     packaged = PACKAGED_MODELS.get(name)
     return packaged.origin if packaged else None
+
+
+def packaged_origin_note(name: str) -> str | None:
+    """How a packaged alias's weights differ from its origin's (SmolLM2: a dequantised Q4_1 GGUF); None if they do not."""
+    packaged = PACKAGED_MODELS.get(name)
+    return (packaged.origin_note or None) if packaged else None
 
 
 def cache_root() -> Path:

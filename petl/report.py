@@ -2,21 +2,39 @@
 
     python -m petl.report results/layers_minilm.jsonl --out figures/
 
-Writes, per model:
-- layers_<task>_<model>.png: reported score vs target layer, one line per layer-wise method (mean
-  over seeds, band = min..max), methods without a layer (full fine-tuning) as dashed lines, the
-  constant predictor as a dotted red line; layers_<task>_<model>.md: the same numbers as a table;
-- table_<results>_<model>.md / .csv: one row per method (mean ± std over seeds; best PETL score per
-  column in bold) plus the rows "constant predictor" (training majority class, or mean label: what
-  any run must beat), "relative improvement" = (best PETL - best raw) / best raw and
-  "gap bridged" = (best PETL - best raw) / (full - best raw); raw rows are methods named raw*; the
-  derived rows say n/a where a denominator carries no signal (best raw ≤ 0, full ≤ best raw, or
-  full fine-tuning not above the constant predictor);
+Every choice is made on the VALIDATION split; the test split (the reported split: test under
+--split_mode heldout) is only ever reported:
+- hyperparameters: cells that differ only in an optimiser setting axis (a list of `learning_rate`,
+  `petl_lr`, `head_lr`, ... in the grid: TUNED_AXES) are candidates; the one with the best mean
+  validation score over the seeds all candidates ran is kept, with all its seeds (a tuned sweep's
+  records that carry `tune.chosen` are trusted instead);
+- the best layer of each method, the probe at a layer (the validation-better of the probe kinds
+  there), full fine-tuning's row, the best PETL row of the table and each row's layer.
+
+Paired bootstrap 95% confidence intervals (petl.stats) where the records carry per-example test
+predictions (`test_predictions`; records from before they were stored get means only, and every
+file says the CIs are unavailable): each method vs the probe at the same layer, vs full fine-tuning,
+method vs method at the same layer, and each method's chosen layer vs its other layers. The
+decision rule (figures/README.md): a difference is claimed only when its 95% CI excludes zero;
+otherwise it is "not separable at this budget". The ratio rows (relative improvement, gap bridged)
+carry bootstrap CIs and are n/a when their denominator's CI includes zero.
+
+Writes, per model and task:
+- layers_<task>_<model>.png / .md: test score vs target layer, one colour per method in every
+  figure (METHOD_COLOURS), bands = 95% CI (bootstrap over examples and seeds, or a t-interval over
+  seeds without predictions; the figure says which), the validation-chosen layer marked, probe and
+  full fine-tuning with their CIs, the constant predictor dotted; legend outside the axes;
+- comparisons_<task>_<model>.md: every paired comparison above, with its CI and verdict, and the
+  hyperparameter choices;
 - scale_up_<task>_<model>.png / .md, instead of the layers_ files, when a method has a numeric
-  setting axis (e.g. adapter_dim): score vs that setting on a log axis, next to score vs layer for
-  the layer-wise methods. Layer files are written only where some method spans several layers.
-Every figure and table names the model, task(s), split mode, seeds and metric. Scores are the
-selection metric on the reported split (test in --split_mode heldout), in percent.
+  non-optimiser setting axis (e.g. adapter_dim): score vs that setting at the method's
+  validation-best layer, ticks at the tested values, probe and full-FT references;
+and per model: table_<results>_<model>.md / .csv, one row per method at its validation-chosen layer
+and hyperparameters, the constant predictor, the differences best PETL - best probe and best PETL -
+full fine-tuning, relative improvement = (best PETL - best probe) / best probe and gap bridged =
+(best PETL - best probe) / (full - best probe). Scores are the selection metric (or --metric) in
+percent. With --metric equal to a task's own selection metric, that task's suffixed files would
+repeat the unsuffixed ones and are not written.
 """
 
 from __future__ import annotations
@@ -25,17 +43,46 @@ import argparse
 import csv
 import functools
 import io
+import json
 import math
 import os
 import statistics
 import sys
+import zlib
 from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from petl.errors import PetlError, exit_status, invoked_as
 from petl.results import read_jsonl, write_atomic, write_text_atomic
+from petl.stats import Estimate, PairedBootstrap, t_interval
 
 METRIC_LABELS = {"f1": "F1", "accuracy": "accuracy", "matthews_correlation": "MCC", "combined_score": "Pearson/Spearman mean"}
+# optimiser settings: a list of them in a grid is a set of candidates to choose from on validation, not a study axis
+TUNED_AXES = frozenset(
+    {"learning_rate", "petl_lr", "head_lr", "weight_decay", "warmup_ratio", "warmup_steps", "num_train_epochs",
+     "per_device_train_batch_size", "lr_scheduler_type", "classifier_dropout"}
+)  # fmt: skip
+PROBE_RUN_METHODS = ("head", "linear-probe")
+RESAMPLED_METRICS = ("accuracy", "f1", "matthews_correlation", "pearson", "spearmanr", "combined_score")
+NOT_SEPARABLE = "not separable at this budget"
+NO_CI = "no CI: records without per-example predictions"
+# one colour per method in every figure; other names get a stable colour from their name
+METHOD_COLOURS = {
+    "ffn": "#d62728", "ffn-adapter": "#ff7f0e", "attn-adapter": "#2ca02c", "lora": "#1f77b4", "prefix": "#9467bd",
+    "bitfit": "#8c564b", "raw": "#7f7f7f", "raw-avg": "#7f7f7f", "raw-cls": "#bcbd22", "linear-probe": "#17becf",
+    "full": "#000000", "two-layers": "#e377c2", "plus-lora": "#393b79", "dim-64": "#ff7f0e", "dim-2": "#ad494a",
+    "ffn-adapter-dim": "#ff7f0e",
+}  # fmt: skip
+EXTRA_COLOURS = ("#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6550d", "#31a354", "#756bb1", "#636363")
+
+
+def method_colour(name: str) -> str:
+    return METHOD_COLOURS.get(name) or EXTRA_COLOURS[zlib.crc32(name.encode()) % len(EXTRA_COLOURS)]
+
+
+# ---------------------------------------------------------------------------------------------
+# records
 
 
 def load_records(path: str) -> list[dict]:
@@ -62,7 +109,8 @@ def load_records(path: str) -> list[dict]:
               file=sys.stderr)  # fmt: skip
     if not current:
         raise PetlError(f"results file {path!r} holds no finished cells with their latest arguments")
-    return current
+    # lines appended by run_glue.py --results_file (not a sweep) have no cell coordinates: the method is the row
+    return [rec if "method_name" in rec else {**rec, "method_name": rec.get("method", "?"), "setting": {}} for rec in current]
 
 
 def score(rec: dict, reported: dict | None = None) -> float | None:
@@ -76,6 +124,13 @@ def score(rec: dict, reported: dict | None = None) -> float | None:
         if metric in values:
             return _percent(values[metric])
     return None
+
+
+def validation_score(rec: dict) -> float | None:
+    """The selection metric (or --metric) on the validation split, in percent: what every choice is made on."""
+    metrics = rec.get("validation_metrics") or (rec.get("eval_metrics") or {}).get("validation") or {}
+    metric = rec.get("selection_metric", "accuracy")
+    return _percent(metrics[metric]) if metric in metrics else None
 
 
 def _percent(value: float | None) -> float:
@@ -126,6 +181,15 @@ def model_tag(rec: dict) -> str:
     return Path(str((rec.get("model") or {}).get("name_or_path", "model"))).name
 
 
+def is_probe(rec: dict) -> bool:
+    """A head on the frozen (truncated) backbone: the trained MLP head (`raw*`) or the fitted linear probe."""
+    return rec.get("method") in PROBE_RUN_METHODS or rec["method_name"].startswith(("raw", "probe", "linear-probe"))
+
+
+def is_full(rec: dict) -> bool:
+    return rec.get("method") == "full" or rec["method_name"].split("@")[0].split(" ")[0] == "full"
+
+
 def _describe(records: list[dict]) -> str:
     tasks = sorted({r["task"] for r in records})
     seeds = sorted({r["seed"] for r in records})
@@ -139,61 +203,275 @@ def _describe(records: list[dict]) -> str:
     )
 
 
-def _stats(values: list[float]) -> tuple[float, float, float, float]:
-    mean = statistics.fmean(values)
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return mean, std, min(values), max(values)
-
-
-def _group(records: list[dict], key) -> dict:
-    out = defaultdict(list)
-    for r in records:
-        s = score(r)
-        if s is not None:
-            out[key(r)].append(s)
-    return out
-
-
 def _numeric_axes(rec: dict) -> list[str]:
-    return [k for k, v in (rec.get("setting") or {}).items() if isinstance(v, (int, float))]
+    return [k for k, v in study_setting(rec).items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
 
 
-def layer_figure(records: list[dict], ax, title: str | None = None) -> bool:
-    """Score vs layer on `ax`; returns False when there is nothing layer-wise to draw."""
-    layered = _layered(records)
-    if not layered:
-        return False
-    by = _group(layered, lambda r: (r["method_name"], r["layer"]))
-    methods = list(dict.fromkeys(r["method_name"] for r in layered))
-    for name in methods:
-        layers = sorted(layer for (m, layer) in by if m == name)
-        stats = [_stats(by[(name, layer)]) for layer in layers]
-        line = ax.plot(layers, [s[0] for s in stats], marker="o", label=name)[0]
-        ax.fill_between(layers, [s[2] for s in stats], [s[3] for s in stats], color=line.get_color(), alpha=0.15)
-    flat = _group(_unlayered(records), lambda r: r["method_name"])
-    for name, values in flat.items():
-        mean = _stats(values)[0]
-        ax.axhline(mean, linestyle="--", color="black" if name.startswith("full") else "grey", label=f"{name} ({mean:.1f})")
-    _baseline_line(records, ax)
-    all_layers = sorted({r["layer"] for r in layered})
-    ax.set_xticks(all_layers)
-    ax.set_xlabel("target layer (0 = lowest)")
-    ax.set_ylabel("score (%)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
-    if title:
-        ax.set_title(title, fontsize=8)
-    return True
+def study_setting(rec: dict) -> dict:
+    """The cell's setting axes that are part of the study (adapter_dim, ...), not candidates to choose from."""
+    return {k: v for k, v in (rec.get("setting") or {}).items() if k not in TUNED_AXES}
 
 
-def _layered(records: list[dict]) -> list[dict]:
-    """Cells placed at one target layer, without a setting axis: the score-vs-layer lines."""
-    return [r for r in records if r.get("layer") is not None and not r.get("setting")]
+def tuned_setting(rec: dict) -> dict:
+    return {k: v for k, v in (rec.get("setting") or {}).items() if k in TUNED_AXES}
 
 
-def _unlayered(records: list[dict]) -> list[dict]:
-    """Cells with neither a layer nor a setting (full fine-tuning, whole-backbone heads): flat lines."""
-    return [r for r in records if r.get("layer") is None and not r.get("setting")]
+def _mean(values: list[float]) -> float:
+    finite = [v for v in values if v is not None and not math.isnan(v)]
+    return statistics.fmean(finite) if finite else math.nan
+
+
+# ---------------------------------------------------------------------------------------------
+# arms: one configuration (method, layer, study setting) with its hyperparameters chosen on validation
+
+
+@dataclass
+class Arm:
+    """The records (one per seed) of one method at one layer and study setting, after the choice of its
+    hyperparameters on validation."""
+
+    name: str
+    layer: int | None
+    setting: dict
+    records: list[dict]
+    chosen: dict = field(default_factory=dict)  # tuned axis -> value chosen on validation
+    candidates: dict = field(default_factory=dict)  # candidate (json) -> mean validation score over the shared seeds
+    choice_seeds: list = field(default_factory=list)
+    trusted: bool = False  # chosen by a tuned sweep (tune.chosen), not here
+
+    @property
+    def label(self) -> str:
+        text = self.name + (f"@{self.layer}" if self.layer is not None else "")
+        for k, v in sorted(self.setting.items()):
+            text += f" {k}={v}"
+        return text
+
+    @property
+    def seeds(self) -> list[int]:
+        return sorted(r["seed"] for r in self.records)
+
+    def by_seed(self, seeds: list[int] | None = None) -> list[dict]:
+        wanted = self.seeds if seeds is None else seeds
+        return [r for s in wanted for r in self.records if r["seed"] == s]
+
+    def test_scores(self) -> list[float]:
+        return [s for s in map(score, self.records) if s is not None]
+
+    @property
+    def test_mean(self) -> float:
+        return _mean(self.test_scores())
+
+    @property
+    def validation_mean(self) -> float:
+        return _mean([validation_score(r) for r in self.records])
+
+    @property
+    def probe(self) -> bool:
+        return is_probe(self.records[0])
+
+    @property
+    def full(self) -> bool:
+        return is_full(self.records[0])
+
+    @property
+    def params(self):
+        return self.records[0].get("trainable_parameters_without_head")
+
+
+def _candidate_key(rec: dict) -> str:
+    return json.dumps(tuned_setting(rec), sort_keys=True)
+
+
+def build_arms(records: list[dict]) -> list[Arm]:
+    """Group records into arms and choose each arm's tuned hyperparameters on validation (see the module
+    docstring). A tuned sweep's candidate records (`tune_role: candidate`) are not arms: its final
+    records carry the choice (`tune.chosen`, made on validation by petl.tune_cells) and are trusted."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in records:
+        if r.get("tune_role") == "candidate":
+            continue
+        key = (model_tag(r), r["task"], r["method_name"], r.get("layer"), json.dumps(study_setting(r), sort_keys=True))
+        groups[key].append(r)
+    arms = []
+    for (_, _, name, layer, setting), recs in groups.items():
+        tuned = next((r["tune"] for r in recs if isinstance(r.get("tune"), dict) and "chosen" in r["tune"]), None)
+        if tuned is not None:
+            means = {
+                json.dumps(c.get("arguments") or {}, sort_keys=True): _percent(c.get("validation_score"))
+                for c in tuned.get("candidates") or []
+            }
+            seeds = sorted({r["seed"] for r in recs if r.get("reused_from")})
+            arms.append(Arm(name, layer, json.loads(setting), recs, dict(tuned["chosen"]), means, seeds, trusted=True))
+            continue
+        candidates: dict[str, list[dict]] = defaultdict(list)
+        for r in recs:
+            candidates[_candidate_key(r)].append(r)
+        shared = sorted(set.intersection(*({r["seed"] for r in rs} for rs in candidates.values())))
+        means = {}
+        for key, rs in candidates.items():
+            pool = [r for r in rs if r["seed"] in shared] or rs
+            means[key] = _mean([validation_score(r) for r in pool])
+        chosen_key = sorted(means, key=lambda k: (-(means[k] if not math.isnan(means[k]) else -math.inf), k))[0]
+        arms.append(
+            Arm(
+                name,
+                layer,
+                json.loads(setting),
+                candidates[chosen_key],
+                json.loads(chosen_key),
+                means if len(candidates) > 1 else {},
+                shared,
+            )
+        )
+    order = {name: i for i, name in enumerate(dict.fromkeys(r["method_name"] for r in records))}
+    arms.sort(key=lambda a: (order[a.name], -1 if a.layer is None else a.layer, json.dumps(a.setting, sort_keys=True)))
+    return arms
+
+
+def best_by_validation(arms: list[Arm]) -> Arm | None:
+    """The arm with the highest mean validation score (None if none has one); ties: the first."""
+    scored = [a for a in arms if not math.isnan(a.validation_mean)]
+    return max(scored, key=lambda a: a.validation_mean) if scored else None
+
+
+# ---------------------------------------------------------------------------------------------
+# one task of one model: arms, their choices and the paired bootstrap
+
+
+@dataclass
+class Comparison:
+    left: str
+    right: str
+    difference: float
+    interval: tuple[float, float] | None
+    seeds: str
+    note: str = ""
+
+    @property
+    def verdict(self) -> str:
+        if self.interval is None:
+            return self.note or NO_CI
+        low, high = self.interval
+        if low > 0:
+            return f"{self.left} better"
+        if high < 0:
+            return f"{self.right} better"
+        return NOT_SEPARABLE
+
+    def cells(self) -> list[str]:
+        return [self.left, self.right, _signed(self.difference, self.interval), self.verdict, self.seeds]
+
+
+def _signed(value: float, interval: tuple[float, float] | None) -> str:
+    if interval is None:
+        return f"{value:+.1f}"
+    return f"{value:+.1f} [{interval[0]:+.1f}, {interval[1]:+.1f}]"
+
+
+class TaskStudy:
+    """The arms of one model on one task, the choices made on validation, and the bootstrap over its test examples."""
+
+    def __init__(self, records: list[dict], resamples: int | None = None):
+        self.records = records
+        self.arms = build_arms(records)
+        self.metric = records[0].get("selection_metric", "accuracy")
+        self.bootstrap, self.ci_note = self._bootstrap(resamples)
+        self._estimates: dict[tuple, Estimate | None] = {}
+
+    def _bootstrap(self, resamples: int | None) -> tuple[PairedBootstrap | None, str]:
+        with_predictions = [r for r in self.records if r.get("test_predictions")]
+        if not with_predictions:
+            return None, NO_CI
+        if self.metric not in RESAMPLED_METRICS:
+            return None, f"no CI: {self.metric} is not resampled (allowed: {', '.join(RESAMPLED_METRICS)})"
+        reference = with_predictions[0]["test_predictions"]
+        self.reference_ids = reference["ids"]
+        labels = reference["labels"]
+        is_regression = any(isinstance(v, float) for v in labels) or self.records[0]["task"] == "stsb"
+        kwargs = {"resamples": resamples} if resamples else {}
+        return PairedBootstrap(labels, self.metric, is_regression, **kwargs), "95% paired bootstrap CI over test examples and seeds"
+
+    def has_predictions(self, arm: Arm, seeds: list[int] | None = None) -> bool:
+        if self.bootstrap is None:
+            return False
+        chosen = arm.by_seed(seeds)
+        return bool(chosen) and all((r.get("test_predictions") or {}).get("ids") == self.reference_ids for r in chosen)
+
+    def estimate(self, arm: Arm, seeds: list[int] | None = None):
+        """The arm's test score (percent) on the shared draws, over `seeds` (default: all its seeds); None without predictions."""
+        key = (id(arm), tuple(arm.seeds if seeds is None else seeds))
+        if key not in self._estimates:  # tables and figures ask for the same arms again and again
+            if not self.has_predictions(arm, seeds):
+                self._estimates[key] = None
+            else:
+                est = self.bootstrap.estimate([r["test_predictions"]["values"] for r in arm.by_seed(seeds)])
+                self._estimates[key] = Estimate(100 * est.point, 100 * est.draws)
+        return self._estimates[key]
+
+    def interval(self, arm: Arm) -> tuple[tuple[float, float] | None, str]:
+        """The arm's 95% band and its kind: bootstrap (examples + seeds) or a t-interval over seeds."""
+        est = self.estimate(arm)
+        if est is not None:
+            return est.interval(), "bootstrap"
+        band = t_interval(arm.test_scores())
+        return band, "t over seeds" if band else "none"
+
+    @staticmethod
+    def shared_seeds(*arms: Arm) -> list[int] | None:
+        common = sorted(set.intersection(*(set(a.seeds) for a in arms)))
+        return common or None
+
+    def compare(self, left: Arm, right: Arm, left_label: str | None = None, right_label: str | None = None) -> Comparison:
+        seeds = self.shared_seeds(left, right)
+        shown = f"{','.join(map(str, seeds))}" if seeds else "unpaired seeds"
+        a, b = self.estimate(left, seeds), self.estimate(right, seeds)
+        names = (left_label or left.label, right_label or right.label)
+        if a is None or b is None:
+            diff = _mean([score(r) for r in left.by_seed(seeds)]) - _mean([score(r) for r in right.by_seed(seeds)])
+            return Comparison(*names, diff, None, shown, self.ci_note if self.bootstrap is None else "no CI: test examples differ")
+        d = a - b
+        return Comparison(*names, d.point, d.interval(), shown)
+
+    # ---- the choices made on validation
+    def layered(self) -> list[Arm]:
+        return [a for a in self.arms if a.layer is not None and not a.setting]
+
+    def unlayered(self) -> list[Arm]:
+        return [a for a in self.arms if a.layer is None and not a.setting]
+
+    def method_names(self, probes: bool | None = None) -> list[str]:
+        names = dict.fromkeys(a.name for a in self.layered() if probes is None or a.probe == probes)
+        return list(names)
+
+    def best_layer(self, name: str) -> Arm | None:
+        return best_by_validation([a for a in self.layered() if a.name == name])
+
+    def probe_at(self, layer: int) -> Arm | None:
+        return best_by_validation([a for a in self.layered() if a.layer == layer and a.probe])
+
+    def full_arm(self) -> Arm | None:
+        return best_by_validation([a for a in self.arms if a.full and not a.setting])
+
+    def best_probe(self) -> Arm | None:
+        return best_by_validation([a for a in self.arms if a.probe and not a.setting])
+
+    def petl_rows(self) -> list[Arm]:
+        """One arm per PETL method: its validation-best layer (methods without a layer: as they ran)."""
+        rows = [self.best_layer(n) for n in self.method_names(probes=False) if not any(a.full for a in self.layered() if a.name == n)]
+        rows += [a for a in self.unlayered() if not a.probe and not a.full]
+        rows += [a for a in self.arms if a.setting]
+        return [a for a in rows if a is not None]
+
+    def probe_rows(self) -> list[Arm]:
+        rows = [self.best_layer(n) for n in self.method_names(probes=True)]
+        rows += [a for a in self.unlayered() if a.probe]
+        return [a for a in rows if a is not None]
+
+    def best_petl(self) -> Arm | None:
+        return best_by_validation([a for a in self.petl_rows() if not a.setting] or self.petl_rows())
+
+    def constant(self) -> float | None:
+        return _constant_score(self.records)
 
 
 def _constant_score(records: list[dict]) -> float | None:
@@ -202,96 +480,438 @@ def _constant_score(records: list[dict]) -> float | None:
     return statistics.fmean(values) if values else None
 
 
-def _baseline_line(records: list[dict], ax) -> None:
-    mean = _constant_score(records)
-    if mean is not None:
-        ax.axhline(mean, linestyle=":", color="red", label=f"constant predictor ({mean:.1f})")
+def _format(arm: Arm, study: TaskStudy, mark: str = "") -> str:
+    band, kind = study.interval(arm)
+    n = len(arm.records)
+    if band is None:
+        return f"{arm.test_mean:.1f}{mark} (n={n})"
+    return f"{arm.test_mean:.1f}{mark} [{band[0]:.1f}, {band[1]:.1f}] (n={n})"
 
 
-def layer_table(records: list[dict]) -> list[str] | None:
-    """Markdown: one row per layer-wise method, one column per target layer (mean ± std over seeds),
-    then the methods without a layer and the constant predictor."""
-    layered = _layered(records)
+def _choices_note() -> str:
+    return (
+        "Choices on the validation split only (layer, probe kind, learning rate and other optimiser settings, the best row); "
+        "scores are on the test split, which chose nothing."
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# tables
+
+
+def layer_table(records: list[dict], study: TaskStudy | None = None) -> list[str] | None:
+    """Markdown: test score by target layer per method (mean [95% CI], † = the layer chosen on validation),
+    then the methods without a layer and the constant predictor; and the validation means that chose."""
+    study = study or TaskStudy(records)
+    layered = study.layered()
     if not layered:
         return None
-    by = _group(layered, lambda r: (r["method_name"], r["layer"]))
-    layers = sorted({r["layer"] for r in layered})
-    lines = [f"{_describe(records)}. Mean ± std over seeds (n = seeds), by target layer (0 = lowest).", ""]
+    layers = sorted({a.layer for a in layered})
+    band = _band_caption(study).removeprefix("bands: ")
+    lines = [f"{_describe(records)}. Test mean [{band}], by target layer (0 = lowest); † layer chosen on validation.",
+             _choices_note(), ""]  # fmt: skip
     lines += ["| method | " + " | ".join(map(str, layers)) + " |", "|---" * (len(layers) + 1) + "|"]
-
-    def cell(values: list[float] | None) -> str:
-        if not values:
-            return ""
-        mean, std, _, _ = _stats(values)
-        return f"{mean:.1f} ± {std:.1f} (n={len(values)})" if len(values) > 1 else f"{mean:.1f} (n=1)"
-
-    for name in dict.fromkeys(r["method_name"] for r in layered):
-        lines.append(f"| {name} | " + " | ".join(cell(by.get((name, layer))) for layer in layers) + " |")
-    flat = _group(_unlayered(records), lambda r: r["method_name"])
-    for name, values in flat.items():
-        lines.append(f"| {name} (no layer) | {cell(values)} |" + " |" * (len(layers) - 1))
-    constant = _constant_score(records)
+    for name in study.method_names():
+        chosen = study.best_layer(name)
+        cells = []
+        for layer in layers:
+            arm = next((a for a in layered if a.name == name and a.layer == layer), None)
+            cells.append("" if arm is None else _format(arm, study, "†" if arm is chosen else ""))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    for arm in study.unlayered():
+        lines.append(f"| {arm.name} (no layer) | {_format(arm, study)} |" + " |" * (len(layers) - 1))
+    constant = study.constant()
     if constant is not None:
         lines.append(f"| constant predictor | {constant:.1f} |" + " |" * (len(layers) - 1))
+    lines += ["", "Validation mean (what chose the layers and hyperparameters):", ""]
+    lines += ["| method | " + " | ".join(map(str, layers)) + " |", "|---" * (len(layers) + 1) + "|"]
+    for name in study.method_names():
+        cells = []
+        for layer in layers:
+            arm = next((a for a in layered if a.name == name and a.layer == layer), None)
+            cells.append("" if arm is None or math.isnan(arm.validation_mean) else f"{arm.validation_mean:.1f}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
 
 
-def scale_figure(records: list[dict], ax) -> bool:
-    scaled = [r for r in records if _numeric_axes(r)]
-    if not scaled:
+def comparison_table(study: TaskStudy) -> list[str]:
+    """Markdown: every paired comparison (difference in points, 95% CI, verdict) and the hyperparameter choices."""
+    header = ["| A | B | A - B (points) [95% CI] | verdict | seeds |", "|---|---|---|---|---|"]
+
+    def section(title: str, comparisons: list[Comparison]) -> list[str]:
+        if not comparisons:
+            return []
+        return [f"### {title}", "", *header, *("| " + " | ".join(c.cells()) + " |" for c in comparisons), ""]
+
+    lines = [f"{_describe(study.records)}.", _choices_note(),
+             f"Decision rule: a difference is claimed only when its 95% CI excludes zero; otherwise \"{NOT_SEPARABLE}\". "
+             f"CIs: {study.ci_note}.", ""]  # fmt: skip
+    vs_probe = []
+    for name in study.method_names(probes=False):
+        for arm in (a for a in study.layered() if a.name == name):
+            probe = study.probe_at(arm.layer)
+            if probe is not None:
+                vs_probe.append(study.compare(arm, probe))
+    lines += section("Each method vs the probe at the same layer (probe kind chosen on validation)", vs_probe)
+    full = study.full_arm()
+    if full is not None:
+        rows = [study.compare(arm, full, f"{arm.label} (layer chosen on validation)" if arm.layer is not None else None)
+                for arm in [*study.petl_rows(), *study.probe_rows()]]  # fmt: skip
+        lines += section("Each method at its validation-chosen layer vs full fine-tuning", rows)
+    pairs = []
+    petl = study.method_names(probes=False)
+    for layer in sorted({a.layer for a in study.layered()}):
+        at = {a.name: a for a in study.layered() if a.layer == layer}
+        for i, left in enumerate(petl):
+            for right in petl[i + 1 :]:
+                if left in at and right in at:
+                    pairs.append(study.compare(at[left], at[right]))
+    lines += section("Method vs method at the same layer", pairs)
+    profile = []
+    for name in study.method_names():
+        chosen = study.best_layer(name)
+        if chosen is None:
+            continue
+        for arm in (a for a in study.layered() if a.name == name and a is not chosen):
+            profile.append(study.compare(chosen, arm, f"{chosen.label} (chosen on validation)"))
+    lines += section("Layer profile: each method's validation-chosen layer vs its other layers", profile)
+    lines += _last_epoch_lines(study)
+    tuned = [a for a in study.arms if a.candidates or a.trusted]
+    if tuned:
+        lines += ["### Hyperparameters chosen on validation", ""]
+        lines += ["| arm | chosen | validation mean per candidate (seeds all candidates ran) | chosen by |", "|---|---|---|---|"]
+        for a in tuned:
+            shown = ", ".join(f"{_short(k)}: {v:.1f}" for k, v in a.candidates.items())
+            lines.append(f"| {a.label} | {_short(json.dumps(a.chosen))} | {shown} (seeds {','.join(map(str, a.choice_seeds))}) | "
+                         f"{'tuned sweep (tune.chosen)' if a.trusted else 'this report'} |")  # fmt: skip
+        lines.append("")
+    return lines
+
+
+def ended_at_best(rec: dict) -> bool | None:
+    """Whether the run's best validation epoch was its last evaluation (still improving when it stopped);
+    None when the record has no evaluation history (the linear probe, old records)."""
+    epochs = [h.get("epoch") for h in rec.get("evaluation_history") or [] if h.get("epoch") is not None]
+    if not epochs or rec.get("best_epoch") is None:
+        return None
+    return rec["best_epoch"] >= max(epochs)
+
+
+def _last_epoch_lines(study: TaskStudy) -> list[str]:
+    """The arms some of whose seeds chose their last epoch: their budget may have cut them short."""
+    rows = []
+    for arm in study.arms:
+        flags = [ended_at_best(r) for r in arm.records]
+        if any(flags):
+            rows.append(f"| {arm.label} | {sum(bool(f) for f in flags)} of {len(flags)} |")
+    if not rows:
+        return ["Every run's best validation epoch came before its last (or it has no epochs).", ""]
+    return ["### Runs whose best validation epoch was their last (still improving when training stopped)", "",
+            "| arm | seeds |", "|---|---|", *rows, ""]  # fmt: skip
+
+
+def _short(candidate: str) -> str:
+    return ", ".join(f"{k}={v}" for k, v in json.loads(candidate).items()) or "(default)"
+
+
+def glue_table(records: list[dict], resamples: int | None = None) -> tuple[list[str], list[list[str]], list[dict]]:
+    """Header, Markdown-ready rows, and CSV rows (numbers) for the per-task table: one row per method at
+    its validation-chosen layer and hyperparameters (the layer shown in the cell), bold = the PETL row
+    chosen on validation; then the constant predictor and the derived rows with their 95% CIs."""
+    tasks = sorted({r["task"] for r in records})
+    studies = {t: TaskStudy([r for r in records if r["task"] == t], resamples) for t in tasks}
+    rows: dict[str, dict[str, Arm]] = defaultdict(dict)  # row label -> task -> arm
+    kinds: dict[str, int] = {}
+    for t, study in studies.items():
+        for arm in study.petl_rows() + study.probe_rows() + ([study.full_arm()] if study.full_arm() else []):
+            label = arm.name + "".join(f" {k}={v}" for k, v in sorted(arm.setting.items()))
+            rows[label][t] = arm
+            kinds.setdefault(label, 2 if arm.full else 1 if arm.probe else 0)
+    labels = sorted(rows, key=lambda lab: (kinds[lab], list(rows).index(lab)))
+    header = ["method", *tasks, "trainable params (no head)"]
+    md_rows, csv_rows = [], []
+    for lab in labels:
+        cells, row = [], {"method": lab}
+        for t in tasks:
+            arm = rows[lab].get(t)
+            if arm is None:
+                cells.append("")
+                continue
+            band, kind = studies[t].interval(arm)
+            n = len(arm.test_scores())
+            if kind == "bootstrap":
+                text = f"{arm.test_mean:.1f} [{band[0]:.1f}, {band[1]:.1f}]"
+            elif n > 1:  # no per-example predictions: the spread over seeds (a t-interval over 2-3 seeds says little more)
+                text = f"{arm.test_mean:.1f} ± {statistics.stdev(arm.test_scores()):.1f}"
+            else:
+                text = f"{arm.test_mean:.1f} (1 seed)"
+            if arm.layer is not None:
+                text += f" @{arm.layer}"
+            if arm is studies[t].best_petl():
+                text = f"**{text}**"
+            cells.append(text)
+            row[f"{t}_mean"], row[f"{t}_n"], row[f"{t}_layer"] = round(arm.test_mean, 3), n, arm.layer
+            row[f"{t}_low"], row[f"{t}_high"], row[f"{t}_band"] = (round(band[0], 3), round(band[1], 3), kind) if band else ("", "", "")
+            row[f"{t}_validation_mean"] = round(arm.validation_mean, 3)
+            row[f"{t}_chosen"] = json.dumps(arm.chosen) if arm.chosen else ""
+        params = next(iter(rows[lab].values())).params
+        row["trainable_parameters_without_head"] = params
+        md_rows.append([lab, *cells, f"{params:,}" if isinstance(params, int) else ""])
+        csv_rows.append(row)
+    derived = {name: [name] for name in ("constant predictor", "best PETL - best probe", "best PETL - full", "relative improvement",
+                                         "gap bridged")}  # fmt: skip
+    for t in tasks:
+        for name, text in derived_cells(studies[t]).items():
+            derived[name].append(text)
+    md_rows += [derived["constant predictor"] + ["0"]] + [derived[k] + [""] for k in list(derived)[1:]]
+    csv_rows += [{"method": row[0], **dict(zip(tasks, row[1:], strict=True))} for row in derived.values()]
+    return header, md_rows, csv_rows
+
+
+def derived_cells(study: TaskStudy) -> dict[str, str]:
+    """The constant predictor and the rows derived from the validation-chosen best PETL row, best probe
+    and full fine-tuning: differences with their CIs and verdicts, ratios with CIs or n/a."""
+    out = {}
+    floor = study.constant()
+    if floor is not None and math.isnan(floor):
+        floor = None  # a constant prediction has no correlation (STS-B's Pearson/Spearman)
+        out["constant predictor"] = "undefined"
+    else:
+        out["constant predictor"] = f"{floor:.1f}" if floor is not None else ""
+    best, probe, full = study.best_petl(), study.best_probe(), study.full_arm()
+    out["best PETL - best probe"] = _difference(study, best, probe)
+    out["best PETL - full"] = _difference(study, best, full)
+    if best is None or probe is None:
+        out["relative improvement"] = out["gap bridged"] = ""
+        return out
+    arms = [a for a in (best, probe, full) if a is not None]
+    seeds = study.shared_seeds(*arms)
+    estimates = [study.estimate(a, seeds) for a in arms]
+    if all(e is not None for e in estimates):
+        p, r = estimates[0], estimates[1]
+        out["relative improvement"] = _ratio(p - r, r, "best probe")
+        out["gap bridged"] = _ratio(p - r, estimates[2] - r, "full - best probe") if full is not None else ""
+        return out
+    # no per-example predictions: point ratios, with the old checks on their denominators
+    b, raw = best.test_mean, probe.test_mean
+    if full is not None and floor is not None and full.test_mean <= floor:
+        out["relative improvement"] = out["gap bridged"] = "n/a: full ≤ constant"
+        return out
+    out["relative improvement"] = f"{100 * (b - raw) / raw:+.1f}% (no CI)" if raw > 0 else "n/a: raw ≤ 0"
+    if full is None:
+        out["gap bridged"] = ""
+    else:
+        out["gap bridged"] = f"{100 * (b - raw) / (full.test_mean - raw):.1f}% (no CI)" if full.test_mean > raw else "n/a: full ≤ raw"
+    return out
+
+
+def _difference(study: TaskStudy, left: Arm | None, right: Arm | None) -> str:
+    if left is None or right is None:
+        return ""
+    comparison = study.compare(left, right)
+    return f"{_signed(comparison.difference, comparison.interval)}: {comparison.verdict}"
+
+
+def _ratio(numerator, denominator, name: str) -> str:
+    if not denominator.excludes_zero():
+        low, high = denominator.interval()
+        return f"n/a: the CI of {name} includes 0 [{low:+.1f}, {high:+.1f}]"
+    ratio = numerator.ratio(denominator)
+    low, high = ratio.interval()
+    return f"{100 * ratio.point:+.1f}% [{100 * low:+.1f}%, {100 * high:+.1f}%]"
+
+
+def scale_table(records: list[dict], study: TaskStudy | None = None) -> list[str]:
+    """Markdown: one row per (method, setting axis) at its validation-chosen layer, one column per setting value."""
+    study = study or TaskStudy(records)
+    lines = [f"{_describe(records)}. Test mean [95% CI, {study.ci_note}], by setting value.", _choices_note(), ""]
+    for (name, axis), arms in scaled_series(study).items():
+        xs = [a.setting[axis] for a in arms]
+        layer = arms[0].layer
+        where = f" at layer {layer} (chosen on validation)" if layer is not None else ""
+        lines += [f"| {name}: {axis}{where} | " + " | ".join(map(str, xs)) + " |", "|---" * (len(xs) + 1) + "|"]
+        lines.append("| score | " + " | ".join(_format(a, study) for a in arms) + " |")
+        lines.append("| trainable parameters (without head) | " + " | ".join(str(a.params or "") for a in arms) + " |")
+        lines.append("")
+    return lines
+
+
+def scaled_series(study: TaskStudy) -> dict[tuple[str, str], list[Arm]]:
+    """(method, numeric axis) -> its arms by axis value, at the layer whose best validation score over the values is highest."""
+    out = {}
+    scaled = [a for a in study.arms if _numeric_axes(a.records[0])]
+    for name in dict.fromkeys(a.name for a in scaled):
+        mine = [a for a in scaled if a.name == name]
+        for axis in dict.fromkeys(ax for a in mine for ax in _numeric_axes(a.records[0])):
+            on_axis = [a for a in mine if axis in a.setting]
+            layers = {a.layer for a in on_axis}
+
+            def best_validation(layer, on_axis=on_axis) -> float:
+                scores = [a.validation_mean for a in on_axis if a.layer == layer and not math.isnan(a.validation_mean)]
+                return max(scores, default=-math.inf)
+
+            best_layer = max(layers, key=best_validation) if len(layers) > 1 else next(iter(layers))
+            out[(name, axis)] = sorted((a for a in on_axis if a.layer == best_layer), key=lambda a: a.setting[axis])
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# figures
+
+
+def _band_caption(study: TaskStudy) -> str:
+    kinds = {study.interval(a)[1] for a in study.arms} - {"none"}
+    if kinds == {"bootstrap"}:
+        return "bands: 95% paired-bootstrap CI over test examples and seeds"
+    if kinds == {"t over seeds"}:
+        return "bands: 95% t-interval over seeds (no per-example predictions recorded)"
+    return "bands: 95% CI (bootstrap over examples and seeds where predictions were recorded, else t over seeds)"
+
+
+def _reference_lines(study: TaskStudy, ax, probe: Arm | None = None) -> None:
+    """Full fine-tuning (and a probe, if given) as horizontal lines with their CI bands; the constant predictor dotted."""
+    for arm, style in ((study.full_arm(), "--"), (probe, "-.")):
+        if arm is None:
+            continue
+        colour = method_colour(arm.name)
+        band, _ = study.interval(arm)
+        ax.axhline(arm.test_mean, linestyle=style, color=colour, label=f"{arm.label} ({arm.test_mean:.1f})")
+        if band:
+            ax.axhspan(band[0], band[1], color=colour, alpha=0.08)
+    constant = study.constant()
+    if constant is not None and not math.isnan(constant):
+        ax.axhline(constant, linestyle=":", color="red", label=f"constant predictor ({constant:.1f})")
+
+
+def _legend_outside(ax) -> None:
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+
+
+def _layer_series(study: TaskStudy, ax, name: str, star: bool = True, width: float = 1.6) -> None:
+    """One method's test score by layer with its CI band (and a star at the validation-chosen layer)."""
+    arms = sorted((a for a in study.layered() if a.name == name), key=lambda a: a.layer)
+    colour = method_colour(name)
+    style = "-." if arms[0].probe else "-"
+    layers = [a.layer for a in arms]
+    ax.plot(layers, [a.test_mean for a in arms], marker="o", markersize=3.5, color=colour, linestyle=style, linewidth=width, label=name)
+    bands = [study.interval(a)[0] for a in arms]
+    if all(bands):
+        ax.fill_between(layers, [b[0] for b in bands], [b[1] for b in bands], color=colour, alpha=0.15 if not arms[0].probe else 0.08)
+    chosen = study.best_layer(name)
+    if star and chosen is not None:
+        ax.plot([chosen.layer], [chosen.test_mean], marker="*", markersize=13, color=colour, markeredgecolor="black", linestyle="none")
+
+
+def layer_panels(study: TaskStudy, fig, title: str) -> bool:
+    """Small multiples: one panel per PETL method (test score by layer, 95% CI band, ★ = the layer chosen on
+    validation), each with the probes by layer, full fine-tuning and the constant predictor, on one y scale;
+    one legend outside the panels."""
+    petl = study.method_names(probes=False)
+    if not petl:
         return False
-    for (name, axis), recs in _bucket(scaled).items():
-        by = _group(recs, lambda r, axis=axis: r["setting"][axis])
-        xs = sorted(by)
-        stats = [_stats(by[x]) for x in xs]
-        line = ax.plot(xs, [s[0] for s in stats], marker="o", label=f"{name} ({axis})")[0]
-        ax.fill_between(xs, [s[2] for s in stats], [s[3] for s in stats], color=line.get_color(), alpha=0.15)
-    flat = _group(_unlayered(records), lambda r: r["method_name"])
-    for name, values in flat.items():
-        ax.axhline(_stats(values)[0], linestyle="--", color="black" if name.startswith("full") else "grey", label=name)
-    _baseline_line(records, ax)
-    ax.set_xscale("log", base=2)
-    axes = {axis for _, axis in _bucket(scaled)}
-    ax.set_xlabel(f"{axes.pop() if len(axes) == 1 else 'setting value'} (log scale)")
-    ax.set_ylabel("score (%)")
+    columns = min(3, len(petl))
+    rows = -(-len(petl) // columns)
+    axes = fig.subplots(rows, columns, sharex=True, sharey=True, squeeze=False)
+    for ax, name in zip(axes.flat, petl, strict=False):
+        for probe in study.method_names(probes=True):
+            _layer_series(study, ax, probe, star=False, width=1.0)
+        for arm in study.unlayered():
+            if not arm.full:
+                ax.axhline(arm.test_mean, linestyle="-.", linewidth=1.0, color=method_colour(arm.name), label=arm.name)
+        _reference_lines(study, ax)
+        _layer_series(study, ax, name)
+        ax.set_title(name, fontsize=9, color=method_colour(name))
+        ax.set_xticks(sorted({a.layer for a in study.layered()}))
+        ax.grid(alpha=0.3)
+    for ax in axes.flat[len(petl) :]:
+        ax.set_visible(False)
+    for ax in axes[-1]:
+        ax.set_xlabel("target layer (0 = lowest)", fontsize=8)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("test score (%)", fontsize=8)
+    handles = {}
+    for ax in axes.flat:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(label, handle)
+    fig.legend(handles.values(), handles.keys(), fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.suptitle(f"{title}\n{_band_caption(study)}; ★ layer chosen on validation; learning rates, probe and layers chosen on validation",
+                 fontsize=8)  # fmt: skip
+    return True
+
+
+def layer_figure(records: list[dict], ax, title: str | None = None, study: TaskStudy | None = None) -> bool:
+    """Test score vs layer on `ax`, CI bands, the validation-chosen layer starred; False when nothing is layer-wise."""
+    study = study or TaskStudy(records)
+    layered = study.layered()
+    if not layered:
+        return False
+    for name in study.method_names():
+        arms = sorted((a for a in layered if a.name == name), key=lambda a: a.layer)
+        colour = method_colour(name)
+        style = "-." if arms[0].probe else "-"
+        ax.plot([a.layer for a in arms], [a.test_mean for a in arms], marker="o", color=colour, linestyle=style, label=name)
+        bands = [study.interval(a)[0] for a in arms]
+        if all(bands):
+            ax.fill_between([a.layer for a in arms], [b[0] for b in bands], [b[1] for b in bands], color=colour, alpha=0.12)
+        chosen = study.best_layer(name)
+        if chosen is not None:
+            ax.plot([chosen.layer], [chosen.test_mean], marker="*", markersize=13, color=colour, markeredgecolor="black", linestyle="none")
+    for arm in study.unlayered():
+        if not arm.full:
+            band, _ = study.interval(arm)
+            ax.axhline(arm.test_mean, linestyle="-.", color=method_colour(arm.name), label=f"{arm.name} ({arm.test_mean:.1f})")
+            if band:
+                ax.axhspan(band[0], band[1], color=method_colour(arm.name), alpha=0.06)
+    _reference_lines(study, ax)
+    ax.set_xticks(sorted({a.layer for a in layered}))
+    ax.set_xlabel("target layer (0 = lowest); ★ layer chosen on validation")
+    ax.set_ylabel("test score (%)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    _legend_outside(ax)
+    ax.set_title((title + "\n" if title else "") + _band_caption(study) + "; choices on validation", fontsize=7)
+    return True
+
+
+def scale_figure(records: list[dict], ax, study: TaskStudy | None = None) -> bool:
+    """Test score vs a numeric setting (log axis, ticks at the tested values) at the validation-chosen
+    layer, with the probe at that layer and full fine-tuning as references."""
+    study = study or TaskStudy(records)
+    series = scaled_series(study)
+    if not series:
+        return False
+    ticks, probe = set(), None
+    for (name, axis), arms in series.items():
+        xs = [a.setting[axis] for a in arms]
+        ticks.update(xs)
+        colour = method_colour(name)
+        where = f" @{arms[0].layer}" if arms[0].layer is not None else ""
+        ax.plot(xs, [a.test_mean for a in arms], marker="o", color=colour, label=f"{name}{where} ({axis})")
+        bands = [study.interval(a)[0] for a in arms]
+        if all(bands):
+            ax.fill_between(xs, [b[0] for b in bands], [b[1] for b in bands], color=colour, alpha=0.12)
+        if probe is None:
+            probe = study.probe_at(arms[0].layer) if arms[0].layer is not None else study.best_probe()
+    _reference_lines(study, ax, probe)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(sorted(ticks))
+    ax.set_xticklabels([str(x) for x in sorted(ticks)])
+    ax.minorticks_off()
+    axes = {axis for _, axis in series}
+    ax.set_xlabel(f"{axes.pop() if len(axes) == 1 else 'setting value'} (log scale)")
+    ax.set_ylabel("test score (%)")
+    ax.grid(alpha=0.3)
+    _legend_outside(ax)
+    ax.set_title(_band_caption(study) + "; layer and probe chosen on validation", fontsize=7)
     return True
 
 
 def _spans_layers(records: list[dict]) -> bool:
     """True when some method was run at two or more target layers."""
     layers = defaultdict(set)
-    for r in _layered(records):
-        layers[r["method_name"]].add(r["layer"])
-    return any(len(v) > 1 for v in layers.values())
-
-
-def scale_table(records: list[dict]) -> list[str]:
-    """Markdown: one row per (method, setting axis), one column per setting value."""
-    lines = [f"{_describe(records)}. Mean ± std over seeds, by setting value.", ""]
-    for (name, axis), recs in _bucket([r for r in records if _numeric_axes(r)]).items():
-        by = _group(recs, lambda r, axis=axis: r["setting"][axis])
-        xs = sorted(by)
-        lines += [f"| {name}: {axis} | " + " | ".join(map(str, xs)) + " |", "|---" * (len(xs) + 1) + "|"]
-        cells = []
-        for x in xs:
-            mean, std, _, _ = _stats(by[x])
-            cells.append(f"{mean:.1f} ± {std:.1f} (n={len(by[x])})")
-        params = {r["setting"][axis]: r.get("trainable_parameters_without_head") for r in recs}
-        lines.append("| score | " + " | ".join(cells) + " |")
-        lines.append("| trainable parameters (without head) | " + " | ".join(str(params.get(x, "")) for x in xs) + " |")
-        lines.append("")
-    return lines
-
-
-def _bucket(records: list[dict]) -> dict:
-    out = defaultdict(list)
     for r in records:
-        for axis in _numeric_axes(r):
-            label = r["method_name"] + (f"@{r['layer']}" if r.get("layer") is not None else "")
-            out[(label, axis)].append(r)
-    return out
+        if r.get("layer") is not None and not study_setting(r):
+            layers[r["method_name"]].add(r["layer"])
+    return any(len(v) > 1 for v in layers.values())
 
 
 def row_label(rec: dict) -> str:
@@ -303,89 +923,11 @@ def row_label(rec: dict) -> str:
     return label
 
 
-def glue_table(records: list[dict]) -> tuple[list[str], list[list[str]], list[dict]]:
-    """Header, Markdown-ready rows, and CSV rows (numbers) for the per-task table."""
-    tasks = sorted({r["task"] for r in records})
-    by = _group(records, lambda r: (row_label(r), r["task"]))
-    # rows in a fixed order whatever order the (possibly sharded) sweep finished its cells in: PETL
-    # methods by name, then layer, then setting; then the raw probes; full fine-tuning last
-    order = {}
-    for r in records:
-        name = r["method_name"]
-        kind = 2 if name.split(" ")[0] == "full" else 1 if name.startswith("raw") else 0
-        settings = tuple(sorted((k, str(v).zfill(8)) for k, v in (r.get("setting") or {}).items()))
-        order.setdefault(row_label(r), (kind, name, -1 if r.get("layer") is None else r["layer"], settings))
-    labels = sorted(order, key=order.get)
-    means = {key: _stats(v) for key, v in by.items()}
-    header = ["method", *tasks, "trainable params (no head)"]
-    params = {}
-    for r in records:
-        params.setdefault(row_label(r), r.get("trainable_parameters_without_head"))
-
-    def is_raw(label: str) -> bool:
-        return label.startswith("raw")
-
-    def is_full(label: str) -> bool:
-        return label.split("@")[0].split(" ")[0] == "full"
-
-    best_petl = {}
-    for t in tasks:
-        candidates = [(means[(lab, t)][0], lab) for lab in labels if (lab, t) in means and not is_raw(lab) and not is_full(lab)]
-        best_petl[t] = max(candidates) if candidates else None
-    md_rows, csv_rows = [], []
-    for lab in labels:
-        cells = []
-        row = {"method": lab}
-        for t in tasks:
-            if (lab, t) not in means:
-                cells.append("")
-                continue
-            mean, std, _, _ = means[(lab, t)]
-            text = f"{mean:.1f} ± {std:.1f}" if len(by[(lab, t)]) > 1 else f"{mean:.1f} (1 seed)"
-            if best_petl[t] and best_petl[t][1] == lab:
-                text = f"**{text}**"
-            cells.append(text)
-            row[f"{t}_mean"], row[f"{t}_std"], row[f"{t}_n"] = round(mean, 3), round(std, 3), len(by[(lab, t)])
-        row["trainable_parameters_without_head"] = params.get(lab)
-        md_rows.append([lab, *cells, f"{params.get(lab):,}" if isinstance(params.get(lab), int) else ""])
-        csv_rows.append(row)
-    constant, rel, gap = ["constant predictor"], ["relative improvement"], ["gap bridged"]
-    for t in tasks:
-        floor = _constant_score([r for r in records if r["task"] == t])
-        if floor is not None and math.isnan(floor):
-            floor = None  # a constant prediction has no correlation (STS-B's Pearson/Spearman)
-            constant.append("undefined")
-        else:
-            constant.append(f"{floor:.1f}" if floor is not None else "")
-        raws = [means[(lab, t)][0] for lab in labels if is_raw(lab) and (lab, t) in means]
-        fulls = [means[(lab, t)][0] for lab in labels if is_full(lab) and (lab, t) in means]
-        best = best_petl[t][0] if best_petl[t] else None
-        if not raws or best is None:
-            rel.append("")
-            gap.append("")
-            continue
-        raw = max(raws)
-        # the derived rows are ratios; where their denominators carry no signal they are noise, so say so
-        if fulls and floor is not None and fulls[0] <= floor:
-            rel.append("n/a: full ≤ constant")
-            gap.append("n/a: full ≤ constant")
-            continue
-        rel.append(f"{100 * (best - raw) / raw:+.1f}%" if raw > 0 else "n/a: raw ≤ 0")
-        if fulls:
-            gap.append(f"{100 * (best - raw) / (fulls[0] - raw):.1f}%" if fulls[0] > raw else "n/a: full ≤ raw")
-        else:
-            gap.append("")
-    md_rows += [constant + ["0"], rel + [""], gap + [""]]
-    csv_rows += [{"method": row[0], **dict(zip(tasks, row[1:], strict=True))} for row in (constant, rel, gap)]
-    return header, md_rows, csv_rows
-
-
 def _save_figure(fig, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
-    fig.tight_layout()
-    # the temporary file's name has no .png ending, so the format is named
-    write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=130, format=path.suffix[1:]))
+    # the temporary file's name has no .png ending, so the format is named; the legend outside is kept in
+    write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=130, format=path.suffix[1:], bbox_inches="tight"))
     plt.close(fig)
     return path
 
@@ -401,9 +943,10 @@ def compute_summary(records: list[dict]) -> str:
     return "cell time recorded: " + ", ".join(f"{h:.2f} h on {where}" for where, h in sorted(hours.items()))
 
 
-def write_report(results: str, out_dir: str, metric: str | None = None) -> list[Path]:
+def write_report(results: str, out_dir: str, metric: str | None = None, resamples: int | None = None) -> list[Path]:
     """`metric` replaces each record's selection metric as the score (e.g. accuracy on MRPC, whose
-    F1 a constant "paraphrase" predictor already reaches); file names then end in _<metric>."""
+    F1 a constant "paraphrase" predictor already reaches); file names then end in _<metric>, except for
+    tasks whose own selection metric it is (their files would repeat the unsuffixed ones)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -411,10 +954,15 @@ def write_report(results: str, out_dir: str, metric: str | None = None) -> list[
 
     records = load_records(results)
     suffix = ""
+    own_metric_tasks: set[str] = set()
     if metric:
         missing = [r.get("cell_id", "?") for r in records if score({**r, "selection_metric": metric}) is None]
         if len(missing) == len(records):
             raise PetlError(f"--metric {metric!r}: no record of {results} has it on the reported split")
+        by_task = defaultdict(set)
+        for r in records:
+            by_task[r["task"]].add(r.get("selection_metric"))
+        own_metric_tasks = {t for t, ms in by_task.items() if ms == {metric}}
         records = [{**r, "selection_metric": metric} for r in records if r.get("cell_id", "?") not in missing]
         suffix = f"_{metric}"
     out = Path(out_dir)
@@ -425,30 +973,42 @@ def write_report(results: str, out_dir: str, metric: str | None = None) -> list[
         by_model[model_tag(r)].append(r)
     for model, recs in by_model.items():
         for task in sorted({r["task"] for r in recs}):
+            if task in own_metric_tasks:
+                print(f"{task}: {metric} is its selection metric; its files without the suffix already show it")
+                continue
             task_recs = [r for r in recs if r["task"] == task]
+            study = TaskStudy(task_recs, resamples)
             if any(_numeric_axes(r) for r in task_recs):
                 # a scale-up study: its per-layer panel and table belong to the scale_up_ files, so a
                 # layer study of the same task and model keeps its layers_ files
-                fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
-                scale_figure(task_recs, left)
-                layer_figure(task_recs, right)
+                fig, (left, right) = plt.subplots(1, 2, figsize=(16, 5), layout="constrained")
+                scale_figure(task_recs, left, study)
+                layer_figure(task_recs, right, study=study)
                 fig.suptitle(_describe(task_recs), fontsize=9)
                 written.append(_save_figure(fig, out / f"scale_up_{task}_{model}{suffix}.png"))
                 path = out / f"scale_up_{task}_{model}{suffix}.md"
-                write_text_atomic(path, "\n".join(scale_table(task_recs) + [""] + (layer_table(task_recs) or [])) + "\n")
+                write_text_atomic(path, "\n".join(scale_table(task_recs, study) + [""] + (layer_table(task_recs, study) or [])) + "\n")
                 written.append(path)
-                continue
-            if not _spans_layers(task_recs):
-                continue  # every method at one layer (a GLUE-table grid): no score-vs-layer figure
-            fig, ax = plt.subplots(figsize=(7, 4.5))
-            layer_figure(task_recs, ax, _describe(task_recs))
-            written.append(_save_figure(fig, out / f"layers_{task}_{model}{suffix}.png"))
-            path = out / f"layers_{task}_{model}{suffix}.md"
-            write_text_atomic(path, "\n".join(layer_table(task_recs)) + "\n")
+            elif _spans_layers(task_recs):
+                fig = plt.figure(figsize=(12, 6.5), layout="constrained")
+                if not layer_panels(study, fig, _describe(task_recs)):  # probes only: one panel
+                    layer_figure(task_recs, fig.subplots(), _describe(task_recs), study)
+                written.append(_save_figure(fig, out / f"layers_{task}_{model}{suffix}.png"))
+                path = out / f"layers_{task}_{model}{suffix}.md"
+                write_text_atomic(path, "\n".join(layer_table(task_recs, study)) + "\n")
+                written.append(path)
+            path = out / f"comparisons_{task}_{model}{suffix}.md"
+            write_text_atomic(path, "\n".join(comparison_table(study)) + "\n")
             written.append(path)
-        header, md_rows, csv_rows = glue_table(recs)
+        kept = [r for r in recs if r["task"] not in own_metric_tasks]
+        if not kept:
+            continue
+        header, md_rows, csv_rows = glue_table(kept, resamples)
         stem = Path(results).stem
-        md = [f"{_describe(recs)}. Mean ± std over seeds; bold: best PETL row per task.", ""]
+        md = [f"{_describe(kept)}. Test mean [95% CI] (or ± std over seeds where no per-example predictions were recorded) "
+              "@ the layer chosen on validation; bold: the PETL row chosen on validation per task.", _choices_note(),
+              f"Decision rule: a difference is claimed only when its 95% CI excludes zero, else \"{NOT_SEPARABLE}\"; "
+              "ratio rows are n/a when their denominator's CI includes zero.", ""]  # fmt: skip
         md.append("| " + " | ".join(header) + " |")
         md.append("|" + "---|" * len(header))
         md += ["| " + " | ".join(row) + " |" for row in md_rows]
@@ -474,8 +1034,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("results", nargs="+", help="JSONL results file(s) from petl.sweep")
     parser.add_argument("--out", default="figures", help="folder for figures and tables")
     parser.add_argument("--metric", help="score by this metric instead of each run's selection metric (e.g. accuracy)")
+    parser.add_argument("--resamples", type=int, help="bootstrap resamples (default 4000; fixed RNG seed)")
     args = parser.parse_args(argv)
-    return exit_status(lambda: [write_report(results, args.out, args.metric) for results in args.results] and None)
+
+    def report() -> None:
+        if args.resamples is not None and args.resamples < 100:
+            raise PetlError(f"--resamples {args.resamples} is too few; allowed: 100 or more")
+        for results in args.results:
+            write_report(results, args.out, args.metric, args.resamples)
+
+    return exit_status(report)
 
 
 if __name__ == "__main__":

@@ -44,8 +44,8 @@ MUTABLE = ("learning_rate", "head_lr", "petl_lr", "weight_decay")
 # (a sampled path could write outside the output folder)
 NOT_SEARCHABLE = (
     "per_device_train_batch_size", "output_dir", "seed", "task_name", "method", "model_name_or_path", "overwrite_output_dir",
-    "load_petl", "export_peft", "resume_from_checkpoint", "deepspeed", "fsdp", "fsdp_config", "accelerator_config",
-    "push_to_hub", "run_name", "dry_run", "do_train", "do_eval", "do_predict",
+    "load_petl", "export_peft", "load_peft", "merge_and_save", "resume_from_checkpoint", "deepspeed", "fsdp", "fsdp_config",
+    "accelerator_config", "push_to_hub", "run_name", "dry_run", "do_train", "do_eval", "do_predict",
 )  # fmt: skip
 NOT_SEARCHABLE_SUFFIXES = ("_dir", "_file", "_path")
 MARKER_FILE = ".petl_search.json"

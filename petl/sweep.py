@@ -1,9 +1,10 @@
 """Grid sweeps through run_glue.py's training pipeline (petl/experiment.py): tasks x methods x layers x settings x seeds.
 
-    python -m petl.sweep sweeps/layers_minilm.yaml                 # run (resumes where it stopped)
+    python -m petl.sweep sweeps/layers_minilm.yaml                 # run on a local Ray (resumes where it stopped)
     python -m petl.sweep sweeps/layers_minilm.yaml --dry_run       # list the cells
-    OMP_NUM_THREADS=8 python -m petl.sweep GRID --shard 0/2 &      # two workers sharing a 16-core machine
-    OMP_NUM_THREADS=8 python -m petl.sweep GRID --shard 1/2
+    python -m petl.sweep GRID --cpus_per_cell 2 --gpus_per_cell 0.125   # 8 cells packed on each GPU
+    python -m petl.sweep GRID --ray_address auto                   # an existing cluster (`ray start --head`)
+    python -m petl.sweep GRID --no_ray                             # one cell after another in this process (debugging)
     python -m petl.report results/layers_minilm.jsonl --out figures/
 
 A grid file (YAML or JSON):
@@ -15,6 +16,9 @@ A grid file (YAML or JSON):
     seeds: [1, 2]
     layers: all                                # or a list, or "1-4"
     arguments: {split_mode: heldout, num_train_epochs: 3, learning_rate: 1.0e-3}
+    cpus_per_cell: 2                           # Ray resources of a cell (the flags of the same name win)
+    gpus_per_cell: 0.125
+    tune: {learning_rate: [1.0e-4, 3.0e-4, 1.0e-3]}   # tuned cells (below); or per method
     methods:
       ffn-adapter: {method: pfeiffer, adapter_layers: "{layer}"}
       raw:         {method: head, num_hidden_layers: "{next}"}   # backbone truncated to layer+1 layers
@@ -41,271 +45,68 @@ cache is used wherever it is valid, on disk under <output_dir>/cache so cells at
 share one forward pass. Names from the grid that become folder names (name, tasks, method names,
 setting axes) must be plain names: no '/', '\\', NUL, '.' or '..'.
 
-`--shard K/N` runs every N-th cell of the grid, starting at cell K, so N workers share one grid and
-one results file (lines are appended atomically; cache folders are written to a temporary name and
-renamed). Measure before relying on it: on this project's 2-core machine, 2 one-thread workers ran
-the MiniLM-L6 MRPC cells 2.3x slower each than one 2-thread process (0.86x the cells per hour in
-total), although a synthetic fixed-shape step benchmark had promised 1.25x. Workers pay off where
-each still gets several cores, or where one run cannot use them all: on one H100 with 16 cores, 8
-two-thread workers ran 136 MiniLM-L6 cells in 240 s, 1.8 s a cell.
+Execution (petl/sweep_engine.py): each cell is a Ray task with `cpus_per_cell` CPUs (default 2; torch
+threads follow it) and `gpus_per_cell` GPUs (fractions pack cells on one GPU), on an embedded local Ray
+or the cluster at `--ray_address`. The driver alone appends to the results file, as each cell comes
+back. A cell whose worker or node dies is resubmitted (`--max_retries`, default 2); its record carries
+`attempts` and `retried_after`; a Python error in a cell is a failed cell, not a retry. An unreachable
+address, a cell asking for more CPUs or GPUs than any node has, or a bad `tune:` block is one error
+line before anything is written. `--no_ray` (and the Python API's default, `run_sweep(use_ray=False)`)
+runs the cells one after another in this process. Cells wanting the same frozen-layer cache wait on
+its lock while one builds it (petl/cache.py), on one node or on a shared file system with flock.
+`--shard K/N` runs units K, K+N, ... (a cell, or a whole tuned group) for a SLURM job array whose
+tasks share one results file (appends are atomic); nothing else splits a grid by hand.
+
+Tuned cells (petl/tune_cells.py): `tune:` at the grid's top or in a method (a method's own block
+replaces the top one; `tune: {}` switches it off). Lists are a grid of candidates run as ordinary
+cells; distributions (`{loguniform: [1.0e-5, 1.0e-3]}`, petl/search.py) with `trials: N` and
+`scheduler: fifo|asha` are one Ray Tune search per group, its folders under <output_dir>/ray/tune-<key>,
+removed afterwards unless --keep_trials. For each task x method x layer x setting the candidates train
+on the FIRST seed and the best by the validation score (`best_validation_score`, the run's selection
+metric on the validation split; never test) is chosen; its run becomes that seed's final record and the
+chosen values train on every other seed. Records (one JSONL line each):
+
+    candidate: {..., "cell_id": "mrpc/lora/layer=3/tune.learning_rate=0.001/seed=1",  # Ray Tune: ".../trial=<id>/tune..."
+                "tune_role": "candidate", "tune_group": "mrpc/lora/layer=3", "tune_values": {"learning_rate": 0.001},
+                "status": "ok" | "failed" | "stopped" (ASHA), "tune_search": key (Ray Tune only), run record...}
+    final:     {..., "cell_id": "mrpc/lora/layer=3/seed=2", "tune_role": "final", "tune_group": "mrpc/lora/layer=3",
+                "run_arguments": {... the chosen values ...}, run record...,
+                "tune": {"metric": "f1", "mode": "max", "split": "validation", "chosen": {"learning_rate": 0.001},
+                         "chosen_cell_id": "<the candidate's cell_id>",
+                         "candidates": [{"cell_id", "arguments": {...}, "validation_score": x | null, "status"}, ...]},
+                "reused_from": "<candidate cell_id>"   # the first seed only: the chosen candidate's run, not retrained}
+
+A report reads final and untuned records (no "tune_role": "candidate"). A resumed tuned sweep runs no
+recorded candidate again (a Ray Tune group is searched again only if fewer than `trials` candidates
+were recorded under its key), and re-chooses from the recorded candidates.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
-import itertools
 import json
 import logging
-import os
+import math
 import sys
-import time
-import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 from petl.errors import PetlError, exit_status, invoked_as
-from petl.results import check_appendable, read_jsonl, read_yaml_or_json
+from petl.grid import (
+    Cell,
+    changed_arguments,
+    check_cell,
+    expand_cells,
+    load_grid,
+    model_depth,
+    record_base,
+    recorded_cells,
+    run_values,
+)
+from petl.results import check_appendable
+from petl.tune_cells import TuneSpec, choose, tune_for_method
 
 logger = logging.getLogger("petl.sweep")
-
-GRID_KEYS = {"name", "results", "output_dir", "model_name_or_path", "tasks", "seeds", "layers", "arguments", "methods"}
-METHOD_KEYS = {"layers", "tasks"}  # besides run_glue.py arguments
-DROPPED_FROM_RECORD = ("parameter_report", "arguments", "prediction_files", "new_parameters_initialised")
-# where files live and what watches a run, not what runs: left out of a cell's argument hash, so moving a
-# sweep, or turning a tracker on (`report_to: tensorboard` in `arguments`), re-runs nothing
-LOCATION_ARGUMENTS = ("output_dir", "overwrite_output_dir", "cache_dir", "glue_dir", "logging_dir", "disable_tqdm", "report_to")
-
-
-@dataclass
-class Cell:
-    task: str
-    method_name: str
-    layer: int | None
-    seed: int
-    setting: dict[str, Any]
-    arguments: dict[str, Any] = field(repr=False)
-
-    @property
-    def cell_id(self) -> str:
-        parts = [self.task, self.method_name]
-        if self.layer is not None:
-            parts.append(f"layer={self.layer}")
-        parts += [f"{k}={v}" for k, v in sorted(self.setting.items())]
-        parts.append(f"seed={self.seed}")
-        return "/".join(parts)
-
-
-def load_grid(path: str) -> dict:
-    grid = read_yaml_or_json(path, "grid file")
-    if not isinstance(grid, dict):
-        raise PetlError(f"grid file {path!r}: expected a mapping with keys {', '.join(sorted(GRID_KEYS))}")
-    unknown = sorted(set(grid) - GRID_KEYS)
-    if unknown:
-        raise PetlError(f"grid file {path!r}: unknown key {unknown[0]!r}; allowed: {', '.join(sorted(GRID_KEYS))}")
-    for key in ("tasks", "methods"):
-        if not grid.get(key):
-            raise PetlError(f"grid file {path!r}: {key!r} is missing or empty")
-    grid.setdefault("name", Path(path).stem)
-    grid.setdefault("seeds", [42])
-    check_grid_names(grid, path)
-    grid.setdefault("arguments", {})
-    grid.setdefault("results", f"results/{grid['name']}.jsonl")
-    grid.setdefault("output_dir", f"outputs/sweeps/{grid['name']}")
-    return grid
-
-
-def check_folder_name(value: Any, what: str, grid_path: str) -> None:
-    """A name from a grid that becomes part of a folder path must stay one plain path component,
-    so that no grid can write outside the sweep's output folder."""
-    text = str(value)
-    if text in ("", ".", "..") or any(bad in text for bad in ("/", "\\", "\0")) or os.path.isabs(text):
-        raise PetlError(
-            f"grid file {grid_path!r}: {what} {value!r} cannot be part of a folder name; "
-            "use a plain name without '/', '\\', NUL, '.' or '..'"
-        )
-
-
-def check_grid_names(grid: dict, grid_path: str) -> None:
-    """Every grid value that ends up in a path: the grid's name, tasks, method names, setting axes
-    (keys and values); seeds must be integers."""
-    check_folder_name(grid["name"], "name", grid_path)
-    if not isinstance(grid["tasks"], list) or not isinstance(grid["methods"], dict) or not isinstance(grid["seeds"], list):
-        raise PetlError(f"grid file {grid_path!r}: 'tasks' and 'seeds' must be lists and 'methods' a mapping")
-    for seed in grid["seeds"]:
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise PetlError(f"grid file {grid_path!r}: seed {seed!r} is not an integer")
-    for task in grid["tasks"]:
-        check_folder_name(task, "task", grid_path)
-    for name, spec in grid["methods"].items():
-        check_folder_name(name, "method name", grid_path)
-        if not isinstance(spec, dict):
-            continue  # expand_cells says what a method needs
-        for task in spec.get("tasks", []) if isinstance(spec.get("tasks"), list) else []:
-            check_folder_name(task, f"task of method {name!r}", grid_path)
-        for key, values in spec.items():
-            if isinstance(values, list) and key not in METHOD_KEYS:
-                check_folder_name(key, f"setting of method {name!r}", grid_path)
-                for value in values:
-                    check_folder_name(value, f"value of {key!r} in method {name!r}", grid_path)
-
-
-def _layer_list(spec: Any, num_layers: int | None, where: str) -> list[int]:
-    from petl.layers import parse_layers
-
-    if isinstance(spec, list):
-        spec = ",".join(str(s) for s in spec)
-    if num_layers is None:
-        raise PetlError(f"{where}: layers {spec!r} need the model's depth; give model_name_or_path")
-    return parse_layers(str(spec), num_layers)
-
-
-def _model_depth(grid: dict) -> int | None:
-    name = grid.get("model_name_or_path") or grid["arguments"].get("model_name_or_path")
-    if not name:
-        return None
-    from transformers import AutoConfig
-
-    from petl.models import resolve_model_path
-
-    depth = AutoConfig.from_pretrained(resolve_model_path(name)).num_hidden_layers
-    return int(grid["arguments"].get("num_hidden_layers") or depth)
-
-
-def _substitute(value: Any, layer: int | None) -> Any:
-    if not isinstance(value, str) or "{" not in value:
-        return value
-    if layer is None:
-        raise PetlError(f"argument value {value!r} names a layer, but the method has no layer axis")
-    text = value.replace("{layer}", str(layer)).replace("{next}", str(layer + 1))
-    if "{" in text:
-        raise PetlError(f"argument value {value!r}: only {{layer}} and {{next}} can be substituted")
-    return int(text) if text.isdigit() else text
-
-
-def expand_cells(grid: dict, num_layers: int | None) -> list[Cell]:
-    """Every cell of the grid, in a stable order: task, seed, method, layer, setting (seeds outside,
-    so an interrupted sweep has whole layer curves for the first seeds)."""
-    cells = []
-    global_layers = grid.get("layers", "all")
-    for task in grid["tasks"]:
-        for seed in grid["seeds"]:
-            for name, spec in grid["methods"].items():
-                if not isinstance(spec, dict) or "method" not in spec:
-                    raise PetlError(f"grid method {name!r}: give a mapping with at least 'method'")
-                if task not in spec.get("tasks", grid["tasks"]):
-                    continue
-                args = {k: v for k, v in spec.items() if k not in METHOD_KEYS}
-                has_layer = any(isinstance(v, str) and "{" in v for v in args.values())
-                where = f"grid method {name!r}"
-                layers = _layer_list(spec.get("layers", global_layers), num_layers, where) if has_layer else [None]
-                axes = {k: v for k, v in args.items() if isinstance(v, list)}
-                for layer in layers:
-                    for values in itertools.product(*axes.values()) if axes else [()]:
-                        setting = dict(zip(axes, values, strict=True))
-                        cell_args = {k: _substitute(setting.get(k, v), layer) for k, v in args.items()}
-                        cells.append(Cell(task, name, layer, int(seed), setting, cell_args))
-    ids = [c.cell_id for c in cells]
-    if len(set(ids)) != len(ids):
-        dup = next(i for i in ids if ids.count(i) > 1)
-        raise PetlError(f"grid has the cell {dup!r} twice")
-    return cells
-
-
-def recorded_cells(results: Path) -> tuple[dict[str, dict], list[int]]:
-    """The latest record of each cell id, and the numbers of the file's unreadable lines (a write
-    cut short: skipped, so their cells count as not recorded)."""
-    if not results.is_file():
-        return {}, []
-    records, unreadable = read_jsonl(results)
-    return {rec["cell_id"]: rec for rec in records if isinstance(rec.get("cell_id"), str)}, unreadable
-
-
-def _canonical(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, default=str)
-
-
-def run_values(grid: dict, cell: Cell, output_dir: Path) -> dict[str, Any]:
-    """Every argument the grid gives run_glue for one cell (run_glue's defaults fill in the rest)."""
-    folder = Path(cell.cell_id.replace("=", ""))
-    if folder.is_absolute() or ".." in folder.parts:  # check_grid_names refuses such names; never leave output_dir
-        raise PetlError(f"cell {cell.cell_id!r} would write outside {str(output_dir)!r}")
-    values = {
-        "disable_tqdm": True,
-        "report_to": [],
-        "save_strategy": "no",
-        **grid["arguments"],
-        **cell.arguments,
-        "task_name": cell.task,
-        "seed": cell.seed,
-        "output_dir": str(output_dir / "runs" / folder),
-        "overwrite_output_dir": True,
-    }
-    if grid.get("model_name_or_path"):
-        values.setdefault("model_name_or_path", grid["model_name_or_path"])
-    values.setdefault("cache_frozen_layers", True)
-    values.setdefault("cache_dir", str(output_dir / "cache"))
-    return values
-
-
-def run_arguments(grid: dict, cell: Cell) -> dict[str, Any]:
-    """What a cell runs with, without where its files go: recorded with the cell, compared on resume."""
-    values = run_values(grid, cell, Path("."))
-    return {k: v for k, v in sorted(values.items()) if k not in LOCATION_ARGUMENTS}
-
-
-def arguments_hash(arguments: dict[str, Any]) -> str:
-    return hashlib.sha256(_canonical(arguments).encode()).hexdigest()[:16]
-
-
-def changed_arguments(record: dict, grid: dict, cell: Cell) -> list[str]:
-    """The argument names that differ between a cell's record and the grid now ([] if none). Records
-    with a hash are compared on all run arguments; older ones, without it, on their cell arguments."""
-    def differing(now: dict, then: dict) -> list[str]:
-        return sorted(k for k in set(now) | set(then) if _canonical(now.get(k)) != _canonical(then.get(k)))
-
-    if "arguments_hash" in record:
-        now = run_arguments(grid, cell)
-        if record["arguments_hash"] == arguments_hash(now):
-            return []
-        then = record.get("run_arguments")
-        if not isinstance(then, dict):
-            return ["(arguments)"]
-        then = {k: v for k, v in then.items() if k not in LOCATION_ARGUMENTS}  # a record from before report_to joined them
-        if arguments_hash(then) == arguments_hash(now):
-            return []
-        return differing(now, then) or ["(arguments)"]
-    if isinstance(record.get("cell_arguments"), dict):
-        return differing(cell.arguments, record["cell_arguments"])
-    return []  # nothing stored to compare with: trusted
-
-
-def build_arguments(grid: dict, cell: Cell, output_dir: Path, results: Path):
-    """The four run_glue argument objects for one cell; unknown names are one clear error."""
-    from argument_classes import arguments_from_dict
-
-    return arguments_from_dict(run_values(grid, cell, output_dir), f"cell {cell.cell_id}")
-
-
-def check_cell(grid: dict, cell: Cell, output_dir: Path, results: Path, grid_path: str) -> None:
-    """A cell's arguments as run_glue checks them before any work (types, numbers, methods and their
-    options), so a bad grid value is one line naming the grid file and the cell, before any cell trains.
-    A method's own keys are "given" (another method's flag there is refused); grid-wide `arguments`
-    may hold options of several methods."""
-    from argument_classes.checks import check_numbers
-
-    try:
-        model_args, data_args, petl_args, training_args = build_arguments(grid, cell, output_dir, results)
-        check_numbers(model_args, data_args, petl_args, training_args)
-        petl_args.method_configs(set(cell.arguments))  # a method's own keys; grid-wide ones may serve other methods
-    except PetlError as err:
-        raise PetlError(f"grid file {grid_path!r}: {err}") from None
-
-
-def slim_record(record: dict) -> dict:
-    return {k: v for k, v in record.items() if k not in DROPPED_FROM_RECORD}
-
 
 def parse_shard(spec: str | None) -> tuple[int, int]:
     """'K/N' -> (K, N) with 0 <= K < N; None -> the whole grid."""
@@ -320,78 +121,357 @@ def parse_shard(spec: str | None) -> tuple[int, int]:
     return index, count
 
 
+@dataclass
+class TuneGroup:
+    """One task x method x layer x setting with a `tune:` block: its seeds' cells (first seed first),
+    its candidates on the first seed, and their finished records."""
+
+    spec: TuneSpec
+    seeds: list[Cell]
+    candidates: list[Cell] = field(default_factory=list)
+    finished: dict[str, dict] = field(default_factory=dict)  # candidate cell_id -> record
+    resolved: bool = False
+
+    def complete(self) -> bool:
+        return all(c.cell_id in self.finished for c in self.candidates)
+
+
+def method_tunes(grid: dict, grid_path: str) -> dict[str, TuneSpec | None]:
+    """Each method's tune block (its own, else the grid's), checked."""
+    out = {}
+    for name, spec in grid["methods"].items():
+        where = f"grid file {grid_path!r}: method {name!r}" if isinstance(spec, dict) and "tune" in spec else f"grid file {grid_path!r}"
+        out[name] = tune_for_method(grid, spec if isinstance(spec, dict) else {}, where)
+    return out
+
+
+def plan_units(grid: dict, cells: list[Cell], tunes: dict[str, TuneSpec | None]) -> list[Cell | TuneGroup]:
+    """The grid as units of work in the grid's order: untuned cells, and one TuneGroup per tuned group."""
+    units: list[Cell | TuneGroup] = []
+    groups: dict[str, TuneGroup] = {}
+    for cell in cells:
+        spec = tunes.get(cell.method_name)
+        if spec is None:
+            units.append(cell)
+            continue
+        group = groups.get(cell.group_id)
+        if group is None:
+            group = groups[cell.group_id] = TuneGroup(spec, [])
+            units.append(group)
+            if not spec.uses_ray_tune:
+                for values in spec.grid_candidates():
+                    group.candidates.append(replace(cell, arguments={**cell.arguments, **values}, tune_role="candidate", candidate=values))
+        group.seeds.append(cell)
+    return units
+
+
+def final_cell(seed_cell: Cell, chosen: dict) -> Cell:
+    return replace(seed_cell, arguments={**seed_cell.arguments, **chosen}, tune_role="final")
+
+
+def needs_run(record: dict | None, grid: dict, cell: Cell, retry_failed: bool, changed_keys: set) -> bool:
+    """Whether a cell runs (again): not recorded, recorded with other arguments (their names go to
+    `changed_keys`), or recorded as failed (unless --skip_failed)."""
+    if record is None:
+        return True
+    changed = changed_arguments(record, grid, cell)
+    if changed:
+        changed_keys.update(changed)
+        return True
+    return record.get("status") != "ok" and (retry_failed or record.get("status") != "failed")
+
+
+def finals_to_run(group: TuneGroup, grid: dict, recorded: dict, retry_failed: bool) -> int:
+    """How many of a group's final records (and, for Ray Tune, candidates) may still be made: exact
+    once every candidate is recorded (the choice is known), else all of them."""
+    if group.spec.uses_ray_tune or not group.complete():
+        return len(group.seeds) + (group.spec.trials if group.spec.uses_ray_tune else 0)
+    try:
+        chosen = choose([(c.candidate, group.finished[c.cell_id]) for c in group.candidates])[0]
+    except PetlError:
+        return len(group.seeds)
+    cells = [final_cell(seed_cell, chosen) for seed_cell in group.seeds]
+    return sum(needs_run(recorded.get(c.cell_id), grid, c, retry_failed, set()) for c in cells)
+
+
+def _resources(grid: dict, grid_path: str, cpus: float | None, gpus: float | None) -> tuple[float, float, dict[str, str]]:
+    """CPUs and GPUs per cell: the flag, else the grid's key, else the default; checked."""
+    from petl.sweep_engine import DEFAULT_CPUS_PER_CELL
+
+    where = {}
+    values = {}
+    for name, flag, default in (("cpus_per_cell", cpus, None), ("gpus_per_cell", gpus, 0.0)):
+        if flag is not None:
+            value, where[name] = flag, f"--{name}"
+        elif name in grid:
+            value, where[name] = grid[name], f"grid file {grid_path!r}"
+        else:
+            value, where[name] = default, "default"
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+                                  or value < 0 or (name == "cpus_per_cell" and value == 0)):  # fmt: skip
+            allowed = "a number > 0" if name == "cpus_per_cell" else "a number >= 0 (fractions pack cells on one GPU)"
+            raise PetlError(f"{name} {value!r} ({where[name]}) is invalid; allowed: {allowed}")
+        values[name] = value
+    if values["cpus_per_cell"] is None:
+        values["cpus_per_cell"] = DEFAULT_CPUS_PER_CELL
+    return float(values["cpus_per_cell"]), float(values["gpus_per_cell"]), where
+
+
 def run_sweep(grid_path: str, results: str | None = None, output_dir: str | None = None, dry_run: bool = False,
-              retry_failed: bool = True, max_cells: int | None = None, shard: str | None = None) -> dict:  # fmt: skip
+              retry_failed: bool = True, max_cells: int | None = None, shard: str | None = None, use_ray: bool = False,
+              ray_address: str | None = None, cpus_per_cell: float | None = None, gpus_per_cell: float | None = None,
+              max_retries: int = 2, keep_trials: bool = False) -> dict:  # fmt: skip
+    """The sweep as the command line gives it. The Python API runs cells in this process unless
+    `use_ray` (the command line's default); see the module docstring."""
     grid = load_grid(grid_path)
     results_path = Path(results or grid["results"])
-    out = Path(output_dir or grid["output_dir"])
+    out = Path(output_dir or grid["output_dir"]).absolute()
+    parse_shard(shard)
+    if max_retries < 0:
+        raise PetlError(f"--max_retries {max_retries} is invalid; allowed: >= 0")
+    cpus, gpus, resource_source = _resources(grid, grid_path, cpus_per_cell, gpus_per_cell)
+    tunes = method_tunes(grid, grid_path)
+    engine, started_ray = None, False
+    if use_ray and not dry_run and not results_path.exists():  # a new sweep: Ray starts, and its workers import, while the driver plans
+        engine, started_ray = _ray_engine(ray_address, cpus, gpus, resource_source)
+    try:
+        return _sweep(grid, grid_path, results_path, out, shard, dry_run, retry_failed, max_cells, tunes, engine, use_ray,
+                      ray_address, (cpus, gpus, resource_source), max_retries, keep_trials)  # fmt: skip
+    finally:
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+
+
+def _ray_engine(ray_address: str | None, cpus: float, gpus: float, resource_source: dict[str, str]):
+    """(a RayEngine whose workers are already importing the training code, whether this call started Ray)."""
+    from petl import sweep_engine
+
+    started = sweep_engine.start_ray(ray_address)
+    try:
+        if resource_source["cpus_per_cell"] == "default":  # the default never asks for more than a node has
+            cpus = min(cpus, max(1.0, sweep_engine.largest_node()["CPU"]))
+        sweep_engine.check_resources(cpus, gpus, resource_source)
+        engine = sweep_engine.RayEngine(cpus, gpus)
+        engine.warm_up()
+    except BaseException:
+        if started:
+            import ray
+
+            ray.shutdown()
+        raise
+    return engine, started
+
+
+def _sweep(grid: dict, grid_path: str, results_path: Path, out: Path, shard: str | None, dry_run: bool, retry_failed: bool,
+           max_cells: int | None, tunes: dict, engine, use_ray: bool, ray_address: str | None, resources: tuple,
+           max_retries: int, keep_trials: bool) -> dict:  # fmt: skip
+    cpus, gpus, resource_source = resources
     shard_index, shard_count = parse_shard(shard)
-    cells = expand_cells(grid, _model_depth(grid))[shard_index::shard_count]
+    units = plan_units(grid, expand_cells(grid, model_depth(grid)), tunes)[shard_index::shard_count]
     recorded, unreadable = recorded_cells(results_path)
     if unreadable:
         shown = ", ".join(str(n) for n in unreadable[:20]) + (", ..." if len(unreadable) > 20 else "")
         print(f"warning: {results_path}: {len(unreadable)} unreadable line(s) (line {shown}; a write cut short?) skipped; "
               "their cells run again")  # fmt: skip
-    todo, changed_keys, changed_cells = [], set(), 0
-    for cell in cells:
-        record = recorded.get(cell.cell_id)
-        if record is None:
-            todo.append(cell)
+
+    # ---- what runs: untuned cells and candidates now; a group's finals once its candidates are in
+    changed_keys: set[str] = set()
+    todo: list[Cell] = []
+    groups: list[TuneGroup] = []
+    total = 0
+    to_check: list[Cell] = []
+    for unit in units:
+        if isinstance(unit, Cell):
+            total += 1
+            if needs_run(recorded.get(unit.cell_id), grid, unit, retry_failed, changed_keys):
+                todo.append(unit)
             continue
-        changed = changed_arguments(record, grid, cell)
-        if changed:
-            changed_cells += 1
-            changed_keys.update(changed)
-            todo.append(cell)
-        elif record.get("status") != "ok" and (retry_failed or record.get("status") != "failed"):
-            todo.append(cell)
+        groups.append(unit)
+        total += (unit.spec.trials if unit.spec.uses_ray_tune else len(unit.candidates)) + len(unit.seeds)
+        for cand in unit.candidates:
+            record = recorded.get(cand.cell_id)
+            if needs_run(record, grid, cand, retry_failed, changed_keys):
+                todo.append(cand)
+            else:
+                unit.finished[cand.cell_id] = record
+        to_check.append(final_cell(unit.seeds[0], unit.candidates[0].candidate if unit.candidates else {}))
+    changed_cells = sum(1 for c in todo if c.cell_id in recorded and changed_arguments(recorded[c.cell_id], grid, c))
     if changed_cells:
         keys = ", ".join(sorted(changed_keys))
         print(f"{changed_cells} recorded cell(s) ran with other arguments than the grid now gives (changed: {keys}); they run again")
-    done_here = len(cells) - len(todo)
+    pending_finals = sum(finals_to_run(g, grid, recorded, retry_failed) for g in groups)  # at most
     if max_cells is not None:
         todo = todo[:max_cells]
-    for c in todo:  # every cell's arguments are checked before the first one trains (and in a dry run)
+    for c in [*todo, *to_check]:  # every cell's arguments are checked before the first one trains (and in a dry run)
         check_cell(grid, c, out, results_path, grid_path)
     part = f" (shard {shard_index}/{shard_count})" if shard_count > 1 else ""
-    print(f"sweep {grid['name']}{part}: {len(cells)} cells, {done_here} already recorded in {results_path}, {len(todo)} to run")
+    tuned = f", {len(groups)} tuned group(s)" if groups else ""
+    to_run = len(todo) + pending_finals
+    print(f"sweep {grid['name']}{part}: {total} cells{tuned}, {total - to_run} already recorded in {results_path}, "
+          f"{to_run} to run at most")  # fmt: skip
     if dry_run:
         for c in todo:
             print(f"  {c.cell_id}  {json.dumps(c.arguments)}")
-        return {"cells": len(cells), "to_run": len(todo), "ran": 0, "failed": 0}
+        for g in groups:
+            how = f"Ray Tune, {g.spec.trials} trial(s), {g.spec.scheduler}" if g.spec.uses_ray_tune else f"{len(g.candidates)} candidate(s)"
+            seeds = ", ".join(str(c.seed) for c in g.seeds)
+            print(f"  {g.seeds[0].group_id}: tuned ({how}) on seed {g.seeds[0].seed}, then seed(s) {seeds}")
+        return {"cells": total, "to_run": to_run, "ran": 0, "failed": 0}
     check_appendable(results_path)
 
-    from tqdm.auto import tqdm
+    from petl import sweep_engine
 
-    from petl import experiment
-    from petl.results import append_jsonl
+    started_ray = False
+    if engine is None:
+        if use_ray and (todo or any(not g.complete() or g.spec.uses_ray_tune for g in groups) or any(len(g.seeds) > 1 for g in groups)):
+            engine, started_ray = _ray_engine(ray_address, cpus, gpus, resource_source)
+        else:
+            engine = sweep_engine.LocalEngine()
+    driver = SweepDriver(grid, out, results_path, engine, recorded, retry_failed, max_retries, todo, groups, max_cells)
+    try:
+        if any(g.spec.uses_ray_tune for g in groups):
+            from petl.tune_cells import run_tune_groups
 
-    failed = 0
-    bar = tqdm(todo, desc=grid["name"], unit="cell", file=sys.stderr, dynamic_ncols=True)
-    for cell in bar:
-        bar.set_postfix_str(cell.cell_id)
-        began = time.time()
-        base = {"sweep": grid["name"], "cell_id": cell.cell_id, "task": cell.task, "method_name": cell.method_name,
-                "layer": cell.layer, "seed": cell.seed, "setting": cell.setting, "cell_arguments": cell.arguments}  # fmt: skip
-        base["run_arguments"] = run_arguments(grid, cell)
-        base["arguments_hash"] = arguments_hash(base["run_arguments"])
+            run_tune_groups(driver, [g for g in groups if g.spec.uses_ray_tune], cpus, gpus, ray_address, keep_trials)
+        driver.run()
+    finally:
+        engine.close()
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+    print(f"sweep {grid['name']}: ran {driver.ran} cells ({driver.failed} failed, {driver.retries} retried after a lost worker); "
+          f"results in {results_path}")  # fmt: skip
+    return {"cells": total, "to_run": len(todo) + pending_finals, "ran": driver.ran, "failed": driver.failed}
+
+
+class SweepDriver:
+    """Submits cells to the engine as it has room, appends each finished record to the results file
+    (the only writer), resubmits cells whose worker died, and turns finished candidates into a choice
+    and final cells. One finished record per cell."""
+
+    def __init__(self, grid: dict, out: Path, results: Path, engine, recorded: dict, retry_failed: bool, max_retries: int,
+                 todo: list[Cell], groups: list[TuneGroup], max_cells: int | None):  # fmt: skip
+        from collections import deque
+
+        self.grid, self.out, self.results, self.engine = grid, out, results, engine
+        self.recorded, self.retry_failed, self.max_retries = recorded, retry_failed, max_retries
+        self.ready = deque(todo)
+        self.groups = groups
+        self.group_of = {c.cell_id: g for g in groups for c in g.candidates}
+        self.final_blocks: dict[str, dict] = {}  # final cell_id -> its tune block
+        self.submitted = len(todo)
+        self.budget = max_cells
+        self.ran = self.failed = self.retries = 0
+        self.bar = None
+
+    def job(self, cell: Cell):
+        from petl.sweep_engine import CellJob
+
+        return CellJob(cell, run_values(self.grid, cell, self.out), record_base(self.grid, cell))
+
+    def append(self, entry: dict) -> None:
+        from petl.results import append_jsonl
+
         try:
-            args = build_arguments(grid, cell, out, results_path)
-            record = experiment.run(*args, cache_when_valid=True)
-            entry = {**base, "status": "ok", **slim_record(record)}
-        except Exception as err:  # noqa: BLE001 - a failed cell is recorded and the sweep goes on
-            failed += 1
-            logger.error("cell %s failed: %s", cell.cell_id, err)
-            entry = {**base, "status": "failed", "error": f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}",
-                     "traceback": traceback.format_exc(limit=5)}  # fmt: skip
-        entry["cell_seconds"] = time.time() - began
-        try:
-            append_jsonl(results_path, entry)
+            append_jsonl(self.results, entry)
         except PetlError as err:  # a full disk: stop rather than train cells that cannot be recorded
-            raise PetlError(f"{err}; cell {cell.cell_id} ran but is not recorded, so the sweep stops (run it again to resume)") from None
-    bar.close()
-    print(f"sweep {grid['name']}: ran {len(todo)} cells ({failed} failed); results in {results_path}")
-    return {"cells": len(cells), "to_run": len(todo), "ran": len(todo), "failed": failed}
+            cell_id = entry["cell_id"]
+            raise PetlError(f"{err}; cell {cell_id} ran but is not recorded, so the sweep stops (run it again to resume)") from None
+        self.recorded[entry["cell_id"]] = entry
+
+    def finish(self, cell: Cell, entry: dict) -> None:
+        """A cell's finished record: written, counted, and handed to its tuned group."""
+        if cell.tune_role == "final":
+            entry["tune"] = self.final_blocks[cell.cell_id]
+        self.append(entry)
+        self.ran += 1
+        if entry.get("status") == "failed":  # not a candidate that ASHA stopped early ("stopped")
+            self.failed += 1
+            logger.error("cell %s failed: %s", cell.cell_id, entry.get("error"))
+        group = self.group_of.get(cell.cell_id)
+        if group is not None:
+            group.finished[cell.cell_id] = entry
+            self.resolve(group)
+
+    def resolve(self, group: TuneGroup) -> None:
+        """Once every candidate is in: choose on validation, record the first seed's final (the chosen
+        candidate's run), queue the other seeds with the chosen values."""
+        if group.resolved or not group.complete() or not group.candidates:
+            return
+        group.resolved = True
+        pairs = [(c.candidate, group.finished[c.cell_id]) for c in group.candidates]
+        try:
+            chosen, chosen_record, block = choose(pairs)
+        except PetlError as err:  # every candidate failed: each seed's final is a failed cell
+            for seed_cell in group.seeds:
+                cell = final_cell(seed_cell, {})
+                self.failed += 1
+                self.append({**record_base(self.grid, cell), "status": "failed", "error": f"PetlError: {err}"})
+            return
+        first, *others = group.seeds
+        changed: set[str] = set()
+        cell = final_cell(first, chosen)
+        if needs_run(self.recorded.get(cell.cell_id), self.grid, cell, self.retry_failed, changed):
+            reused = {k: v for k, v in chosen_record.items() if k not in ("tune_role", "tune_group", "tune_values", "attempts",
+                                                                          "retried_after")}  # fmt: skip
+            self.append({**reused, **record_base(self.grid, cell), "tune": block, "reused_from": chosen_record.get("cell_id")})
+            self.ran += 1
+        for seed_cell in others:
+            cell = final_cell(seed_cell, chosen)
+            if needs_run(self.recorded.get(cell.cell_id), self.grid, cell, self.retry_failed, changed):
+                self.final_blocks[cell.cell_id] = block
+                self.ready.append(cell)
+
+    def run(self) -> None:
+        from petl.progress import progress_bar
+
+        for group in self.groups:
+            self.resolve(group)
+        done = 0
+        with progress_bar(total=len(self.ready) + self.pending_finals(), desc=self.grid["name"], unit="cell") as bar:
+            while True:
+                while self.ready and self.engine.running() < self.engine.capacity:
+                    cell = self.ready.popleft()
+                    if cell.tune_role == "final":
+                        if self.budget is not None and self.submitted >= self.budget:
+                            continue  # --max_cells reached: the rest resume later
+                        self.submitted += 1
+                    job = self.job(cell)
+                    job.attempts = 1
+                    self.engine.submit(job)
+                self.show(bar, done)
+                if self.engine.running() == 0:
+                    break
+                for job, entry, lost in self.engine.wait():
+                    if lost is not None:
+                        job.retried_after.append(lost)
+                        if job.attempts <= self.max_retries:
+                            self.retries += 1
+                            logger.warning("cell %s: %s; retrying (attempt %d)", job.cell.cell_id, lost, job.attempts + 1)
+                            job.attempts += 1
+                            self.engine.submit(job)
+                            continue
+                        entry = {**job.base, "status": "failed", "error": f"worker lost {job.attempts} time(s); last: {lost}"}
+                    entry["attempts"] = job.attempts
+                    if job.retried_after:
+                        entry["retried_after"] = job.retried_after
+                    self.finish(job.cell, entry)
+                    done += 1
+                    bar.total = done + self.engine.running() + len(self.ready) + self.pending_finals()
+                    bar.update(1)
+                    self.show(bar, done)
+
+    def pending_finals(self) -> int:
+        """Final cells of groups still choosing (all their seeds but the first, which reuses the chosen run)."""
+        return sum(len(g.seeds) - 1 for g in self.groups if not g.resolved)
+
+    def show(self, bar, done: int) -> None:
+        text = f"done {done}, running {self.engine.running()}, left {len(self.ready) + self.pending_finals()}"
+        if text != getattr(bar, "postfix", None):
+            bar.set_postfix_str(text)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -404,15 +484,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dry_run", action="store_true", help="list the cells left to run and exit")
     parser.add_argument("--skip_failed", action="store_true", help="do not retry cells recorded as failed")
     parser.add_argument("--max_cells", type=int, help="run at most this many cells, then stop (resume later)")
-    parser.add_argument("--shard", metavar="K/N", help="run only cells K, K+N, K+2N, ... of the grid (N parallel workers)")
+    parser.add_argument("--ray_address", help="an existing Ray cluster: auto or HOST:PORT (default: a local Ray started for the sweep)")
+    parser.add_argument("--cpus_per_cell", type=float, help="CPUs per cell; torch threads follow it (default: the grid's, else 2)")
+    parser.add_argument("--gpus_per_cell", type=float, help="GPUs per cell; 0.125 packs 8 cells on one GPU (default: the grid's, else 0)")
+    parser.add_argument("--max_retries", type=int, default=2, help="resubmissions of a cell whose worker or node died (default 2)")
+    parser.add_argument("--keep_trials", action="store_true", help="keep Ray Tune's trial folders (<output_dir>/ray) of tuned groups")
+    parser.add_argument("--no_ray", action="store_true", help="run the cells one after another in this process (debugging)")
+    parser.add_argument("--shard", metavar="K/N", help="only units K, K+N, ... of the grid: for a SLURM job array sharing one results file")
     args = parser.parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING, datefmt="%H:%M:%S")
-    import transformers
-
-    transformers.logging.set_verbosity_error()
 
     def sweep() -> int:
-        summary = run_sweep(args.grid, args.results, args.output_dir, args.dry_run, not args.skip_failed, args.max_cells, args.shard)
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+        summary = run_sweep(args.grid, args.results, args.output_dir, args.dry_run, not args.skip_failed, args.max_cells, args.shard,
+                            use_ray=not args.no_ray, ray_address=args.ray_address, cpus_per_cell=args.cpus_per_cell,
+                            gpus_per_cell=args.gpus_per_cell, max_retries=args.max_retries, keep_trials=args.keep_trials)  # fmt: skip
         return 1 if summary["failed"] else 0
 
     return exit_status(sweep)

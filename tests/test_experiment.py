@@ -77,10 +77,12 @@ def test_packaged_aliases_name_their_origin_and_unknown_architectures_say_where_
     from transformers import AutoModelForSequenceClassification, GPTNeoConfig
 
     from petl.arch import arch_for
-    from petl.models import PACKAGED_MODELS, packaged_origin
+    from petl.models import PACKAGED_MODELS, packaged_origin, packaged_origin_note
 
-    assert all("/" in packaged.origin.split(",")[0] for packaged in PACKAGED_MODELS.values())
-    assert "dequantised to float32 from a Q4_1 GGUF" in packaged_origin("smollm2-135m")
+    assert all("/" in packaged.origin and " " not in packaged.origin for packaged in PACKAGED_MODELS.values())  # a resolvable hub id
+    assert packaged_origin("smollm2-135m") == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert "dequantised to float32 from a Q4_1 GGUF" in packaged_origin_note("smollm2-135m")
+    assert packaged_origin_note("minilm-l6") is None
     assert packaged_origin("bert-base-uncased") is None
     config = GPTNeoConfig(hidden_size=8, num_layers=1, num_heads=2, attention_types=[[["global"], 1]])
     model = AutoModelForSequenceClassification.from_config(config)

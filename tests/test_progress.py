@@ -190,8 +190,9 @@ def test_report_to_in_a_grid_reaches_every_cell_and_in_a_method_its_cells(tmp_pa
 def test_turning_a_tracker_on_in_a_recorded_sweep_runs_no_cell_again(tmp_path, glue_dir, cells):
     """report_to watches a run and changes nothing it computes: not part of a cell's arguments hash,
     also for records written while it was (run_arguments holding report_to: [])."""
+    from petl.grid import arguments_hash
     from petl.results import read_jsonl
-    from petl.sweep import arguments_hash, run_sweep
+    from petl.sweep import run_sweep
 
     run_sweep(_grid(tmp_path, glue_dir))
     assert run_sweep(_grid(tmp_path, glue_dir, arguments={"report_to": "tensorboard"}), dry_run=True)["to_run"] == 0

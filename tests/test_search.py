@@ -108,7 +108,7 @@ def test_pbt_search_runs_to_completion_and_retrains_the_best(tmp_path, glue_dir,
             "--pooler_type", "avg", "--method", "lora", "--lora_layers", "1", "--max_train_samples", "192",
             "--num_train_epochs", "3", "--per_device_train_batch_size", "16", "--search_trials", "2",
             "--cpus_per_trial", "1", "--search_space", str(space), "--output_dir", str(tmp_path / "search"),
-            "--disable_tqdm", "true"]  # fmt: skip
+            "--disable_tqdm", "true", "--keep_trials", "true"]  # fmt: skip
     summary = run_glue_hyper_search.run_search(argv)
     assert summary["failed_trials"] == 0 and len(summary["trials"]) == 2
     scores = [t["best_objective"] for t in summary["trials"]]
@@ -120,9 +120,19 @@ def test_pbt_search_runs_to_completion_and_retrains_the_best(tmp_path, glue_dir,
     assert json.loads((tmp_path / "search" / "search_results.json").read_text())["best_config"] == summary["best_config"]
     # trial folders carry Ray's trial id, not sampled values; the folder is signed and may be resumed
     assert all(p.name.startswith("trial_") for p in (tmp_path / "search" / "ray" / "search").iterdir() if p.is_dir())
+    # the trials trained in folders under the search's output_dir (--keep_trials kept them), never the system temp directory
+    assert len(list((tmp_path / "search" / "trials").glob("trial_*"))) >= 2
     from petl.search import check_resumable
 
     check_resumable(tmp_path / "search")
+    # without --keep_trials they go at the end; a finished search then has nothing to resume
+    from petl.hyper_search import remove_trial_folders
+
+    remove_trial_folders(tmp_path / "search")
+    left = {p.name for p in (tmp_path / "search").iterdir()}
+    assert {"best", "search_results.json"} <= left and not {"trials", "ray"} & left
+    with pytest.raises(PetlError, match="finished .search_results.json. and its trial folders were removed; nothing to resume"):
+        run_glue_hyper_search.run_search([*argv[:-2], "--resume", "true"])
 
 
 def test_trial_values_take_the_declared_argument_types(tmp_path, glue_dir):

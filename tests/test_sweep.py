@@ -140,11 +140,10 @@ def test_sweep_records_resumes_keeps_failures_and_reports(tmp_path, glue_dir, mo
     assert {"scale_up_mrpc_minilm-l6_accuracy.png", "scale_up_mrpc_minilm-l6_accuracy.md", "table_tiny_minilm-l6_accuracy.md"} <= written
     lora = ok["mrpc/lora/layer=1/seed=1"]["reported_metrics"]["test"]["accuracy"]
     by_layer = (tmp_path / "fig" / "scale_up_mrpc_minilm-l6_accuracy.md").read_text()
-    assert (
-        "accuracy (%) on the reported split" in by_layer
-        and f"| lora | {100 * ok['mrpc/lora/layer=0/seed=1']['reported_metrics']['test']['accuracy']:.1f} (n=1) | {100 * lora:.1f} (n=1) |"
-        in by_layer
-    )
+    lora_row = next(line for line in by_layer.splitlines() if line.startswith("| lora |")).split(" | ")  # mean [95% CI] per layer
+    first = 100 * ok["mrpc/lora/layer=0/seed=1"]["reported_metrics"]["test"]["accuracy"]
+    assert "accuracy (%) on the reported split" in by_layer
+    assert lora_row[1].startswith(f"{first:.1f}") and lora_row[2].startswith(f"{100 * lora:.1f} [")
     with pytest.raises(PetlError, match="--metric 'pearson': no record"):
         write_report(str(tmp_path / "tiny.jsonl"), str(tmp_path / "fig"), metric="pearson")
 
@@ -152,16 +151,16 @@ def test_sweep_records_resumes_keeps_failures_and_reports(tmp_path, glue_dir, mo
 def test_table_relative_improvement_and_gap_bridged():
     def rec(name, value, seed=1, layer=None):
         return {"method_name": name, "layer": layer, "task": "rte", "seed": seed, "selection_metric": "accuracy",
-                "reported_metrics": {"test": {"accuracy": value}}, "setting": {}}  # fmt: skip
+                "reported_metrics": {"test": {"accuracy": value}}, "validation_metrics": {"accuracy": value}, "setting": {}}  # fmt: skip
 
     records = [rec("raw-avg", 0.50), rec("raw-cls", 0.55), rec("lora", 0.60, layer=5), rec("lora", 0.62, seed=2, layer=5),
                rec("full", 0.71)]  # fmt: skip
     header, rows, csv_rows = glue_table(records)
     assert header[1] == "rte"
     by = {r[0]: r for r in rows}
-    assert by["lora@5"][1] == "**61.0 ± 1.4**"
-    assert by["relative improvement"][1] == "+10.9%"  # (61 - 55) / 55
-    assert by["gap bridged"][1] == "37.5%"  # (61 - 55) / (71 - 55)
+    assert by["lora"][1] == "**61.0 ± 1.4 @5**"  # records without test predictions: mean ± std, no CI
+    assert by["relative improvement"][1] == "+10.9% (no CI)"  # (61 - 55) / 55
+    assert by["gap bridged"][1] == "37.5% (no CI)"  # (61 - 55) / (71 - 55)
 
     # where a denominator carries no signal the derived rows say so instead of printing a ratio
     def with_floor(recs, floor):
@@ -169,11 +168,11 @@ def test_table_relative_improvement_and_gap_bridged():
 
     below_raw = [rec("raw-avg", 0.56), rec("lora", 0.55, layer=5), rec("full", 0.54)]  # RTE on MiniLM-L6
     by = {r[0]: r for r in glue_table(below_raw)[1]}
-    assert by["gap bridged"][1] == "n/a: full ≤ raw" and by["relative improvement"][1] == "-1.8%"
+    assert by["gap bridged"][1] == "n/a: full ≤ raw" and by["relative improvement"][1] == "-1.8% (no CI)"
     by = {r[0]: r for r in glue_table(with_floor(below_raw + [rec("full", 0.60, seed=2)], 0.58))[1]}
     assert by["constant predictor"][1] == "58.0" and by["gap bridged"][1] == "n/a: full ≤ constant"
     negative_raw = [rec("raw-avg", -0.03), rec("lora", 0.05, layer=5), rec("full", 0.10)]  # CoLA's MCC
     by = {r[0]: r for r in glue_table(negative_raw)[1]}
-    assert by["relative improvement"][1] == "n/a: raw ≤ 0" and by["gap bridged"][1] == "61.5%"  # 8 / 13
+    assert by["relative improvement"][1] == "n/a: raw ≤ 0" and by["gap bridged"][1] == "61.5% (no CI)"  # 8 / 13
     by = {r[0]: r for r in glue_table(with_floor(negative_raw, float("nan")))[1]}  # STS-B: no correlation
-    assert by["constant predictor"][1] == "undefined" and by["gap bridged"][1] == "61.5%"
+    assert by["constant predictor"][1] == "undefined" and by["gap bridged"][1] == "61.5% (no CI)"

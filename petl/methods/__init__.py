@@ -11,3 +11,4 @@ from petl.methods import prompt  # noqa: F401
 from petl.methods import ptuning  # noqa: F401
 from petl.methods import idpg  # noqa: F401
 from petl.methods import ia3  # noqa: F401
+from petl.methods import linear_probe  # noqa: F401

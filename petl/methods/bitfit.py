@@ -61,7 +61,7 @@ def apply_bitfit(model: nn.Module, config: BitfitConfig) -> dict[str, int | None
                     module.bias_delta_slots = {}
                     module.bias_delta_merged = False
                     module.register_forward_hook(_bias_delta_hook, prepend=True)  # additive: first (hook-order rule, petl.registry)
-                columns = slot_range(module, slot, arch)
+                columns = slot_range(module, slot, arch, model.config)
                 name = "bias_delta" if slot is None else f"bias_delta_{slot}"
                 setattr(module, name, nn.Parameter(torch.zeros_like(bias if columns is None else bias[columns[0] : columns[1]])))
                 getattr(module, name).petl_no_decay = True

@@ -6,8 +6,9 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from petl.arch import arch_for, layer_module, num_layers
-from petl.layers import check_layer_spec, parse_layers
+from petl.arch import arch_for, layer_module
+from petl.layers import check_layer_spec
+from petl.methods.targets import chosen_layers
 from petl.registry import MethodConfig, MethodEntry, nothing_to_fold, option, register
 
 
@@ -27,7 +28,7 @@ def apply_ffn(model: nn.Module, config: FfnConfig) -> dict[str, int | None]:
         paths.append(arch.ffn_ln)
     owned = {}
     names = {id(p): n for n, p in model.named_parameters()}
-    for layer in parse_layers(config.layers, num_layers(model), "ffn_layers"):
+    for layer in chosen_layers(model, config.layers, "ffn_layers"):
         for path in paths:
             for param in layer_module(model, layer, path).parameters():
                 param.requires_grad_(True)

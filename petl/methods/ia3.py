@@ -103,7 +103,7 @@ def apply_ia3(model: nn.Module, config: Ia3Config) -> dict[str, int | None]:
             if target == "ffn":
                 name = _scale_input(module)
             else:
-                name = _scale_output(module, slot_range(module, slot, arch), slot)
+                name = _scale_output(module, slot_range(module, slot, arch, model.config), slot)
             owned.update(owned_parameters(model, module, layer, (name,)))
     return owned
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from petl.arch import arch_for, backbone_of, get_module
+from petl.arch import arch_for, backbone_of, get_module, input_embedding_width
 from petl.errors import PetlError
 from petl.methods.prompt import attach_input_prompts, validate_position
 from petl.methods.targets import full_name
@@ -98,10 +98,12 @@ def init_generator_output(generator: PromptGenerator, word_embeddings: nn.Embedd
     at position 0 of a decoder, the attention sink, that derails the frozen model: measured on
     SmolLM2-135M/MRPC, training loss stayed above the label prior.)"""
     table = word_embeddings.weight.detach()
-    rows = torch.randint(0, table.shape[0], (generator.length,))  # from the run's seed (set_seed)
-    generator.up.bias.copy_(table[rows.to(table.device)].reshape(-1).to(generator.up.bias))
+    rows = torch.randint(0, table.shape[0], (generator.length,)).to(table.device)  # from the run's seed (set_seed)
+    embedded = word_embeddings(rows)  # through the module, not its table: Gemma scales its embeddings by sqrt(hidden) inside it
+    generator.up.bias.copy_(embedded.reshape(-1).to(generator.up.bias))
+    module_scale = float(embedded.float().norm() / table[rows].float().norm().clamp(min=1e-12))  # 1 for a plain nn.Embedding
     features_scale = 0.5 * generator.up.in_features**0.5  # tanh outputs: about 0.5 each, summed over `hidden`
-    generator.up.weight.normal_(0.0, 0.1 * float(table.float().std()) / features_scale)
+    generator.up.weight.normal_(0.0, 0.1 * float(table.float().std()) * module_scale / features_scale)
 
 
 class InstancePrompts(nn.Module):
@@ -159,7 +161,7 @@ def apply_idpg(model: nn.Module, config: IdpgConfig) -> dict[str, int | None | t
         encoder, tokenizer = load_encoder(config.encoder)
     std = getattr(model.config, "initializer_range", 0.02)
     device = next(model.parameters()).device
-    model.idpg = InstancePrompts(config, encoder, model.config.hidden_size, std)
+    model.idpg = InstancePrompts(config, encoder, input_embedding_width(model), std)  # ALBERT: embedding_size < hidden_size
     init_generator_output(model.idpg.generator, get_module(backbone_of(model), arch_for(model).word_embeddings))
     model.idpg.to(device)
     model.idpg.train(model.training)

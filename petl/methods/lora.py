@@ -96,7 +96,7 @@ def apply_lora(model: nn.Module, config: LoraConfig) -> dict[str, int | None]:
         for target in parse_targets(config.targets, LORA_TARGETS, "lora_targets"):
             for path in paths[target]:
                 module, slot = target_module(model, layer, path)
-                attach_lora(module, config.rank, config.alpha, config.dropout, slot_range(module, slot, arch), slot)
+                attach_lora(module, config.rank, config.alpha, config.dropout, slot_range(module, slot, arch, model.config), slot)
                 suffix = f"_{slot}" if slot else ""
                 owned.update(owned_parameters(model, module, layer, (f"lora_A{suffix}", f"lora_B{suffix}")))
     return owned

@@ -78,7 +78,8 @@ def _initial_prompt(model: nn.Module, word_embeddings: nn.Embedding, config: Pro
         if not token_ids:
             raise PetlError(f"--prompt_init_text {config.init_text!r} has no tokens")
         ids = torch.tensor((token_ids * config.length)[: config.length])
-    return table[ids.to(table.device)].clone()
+    with torch.no_grad():  # through the module, not its table: Gemma scales its embeddings by sqrt(hidden) inside it
+        return word_embeddings(ids.to(table.device)).detach().clone()
 
 
 def _insert(x: torch.Tensor, block: torch.Tensor, at: int) -> torch.Tensor:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from petl.arch import input_embedding_width
 from petl.errors import PetlError
 from petl.methods.prompt import PROMPT_POSITIONS, attach_input_prompts, validate_position
 from petl.methods.targets import owned_parameters
@@ -48,7 +49,7 @@ class PromptEncoder(nn.Module):
 
 
 def apply_ptuning(model: nn.Module, config: PtuningConfig) -> dict[str, int | None]:
-    hidden = model.config.hidden_size
+    hidden = input_embedding_width(model)  # ALBERT, ELECTRA-small: embedding_size < hidden_size
     encoder_hidden = config.hidden or max(1, hidden // 2)
     std = getattr(model.config, "initializer_range", 0.02)
     device = next(model.parameters()).device

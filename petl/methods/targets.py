@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from petl.arch import layer_module, num_layers, split_slot
+from petl.arch import layer_indices, layer_module, split_slot
 from petl.errors import PetlError
-from petl.layers import parse_layers
 
 
 def parse_targets(spec: str, allowed: tuple[str, ...], flag: str) -> list[str]:
@@ -21,7 +20,7 @@ def parse_targets(spec: str, allowed: tuple[str, ...], flag: str) -> list[str]:
 
 
 def chosen_layers(model: nn.Module, spec: str, flag: str) -> list[int]:
-    return parse_layers(spec, num_layers(model), flag)
+    return layer_indices(model, spec, flag)
 
 
 def target_module(model: nn.Module, layer: int, path: str) -> tuple[nn.Module, str | None]:

@@ -1,0 +1,263 @@
+"""Tuned cells: a grid's `tune:` block, its candidates, and the choice made on validation only.
+
+    tune: {learning_rate: [1.0e-4, 3.0e-4, 1.0e-3]}                      # a grid: every value is a candidate
+    tune: {learning_rate: {loguniform: [1.0e-5, 1.0e-3]}, trials: 8, scheduler: asha}   # Ray Tune draws them
+
+A block sits at the grid's top (every method) or in one method (replacing the top one; `tune: {}`
+switches it off for that method). Its keys are run_glue.py arguments that a search may set
+(petl/search.py: `is_searchable`), each a list of values or one distribution of petl/search.py
+(loguniform, uniform, choice, randint), plus `trials` (how many draws, default 4) and `scheduler`
+(`fifo`, default, or `asha`: stop poor draws early). A block of lists alone is expanded into
+candidate cells that run as ordinary cells; one with a distribution or `scheduler: asha` runs its
+candidates as one Ray Tune search per group.
+
+For each task x method x layer x setting, the candidates train on the grid's FIRST seed; the one with
+the best validation score (the record's `best_validation_score`, the run's selection metric on the
+validation split; the test split is never read) is chosen; its run is that seed's final record, and
+the chosen values train on every other seed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from petl.errors import PetlError
+
+TUNE_OPTIONS = {"trials": 4, "scheduler": "fifo"}
+SCHEDULERS = ("fifo", "asha")
+
+
+@dataclass(frozen=True)
+class TuneSpec:
+    values: dict[str, list] = field(default_factory=dict)  # grid axes
+    space: dict[str, dict] = field(default_factory=dict)  # distributions (Ray Tune)
+    trials: int = 4
+    scheduler: str = "fifo"
+
+    @property
+    def uses_ray_tune(self) -> bool:
+        return bool(self.space) or self.scheduler == "asha"
+
+    def grid_candidates(self) -> list[dict[str, Any]]:
+        """Every combination of the listed values, in the grid's order."""
+        return [dict(zip(self.values, combo, strict=True)) for combo in itertools.product(*self.values.values())]
+
+    def describe(self) -> dict:
+        return {"values": self.values, "space": self.space, "trials": self.trials, "scheduler": self.scheduler}
+
+
+def parse_tune(block: Any, where: str) -> TuneSpec | None:
+    """A `tune:` block, checked: every name a searchable run_glue.py argument, every list of values it
+    takes, every distribution well-formed (one line naming the key otherwise). None for an empty block."""
+    from petl.search import validate_space
+
+    if block is None or block == {}:
+        return None
+    if not isinstance(block, dict):
+        raise PetlError(f"{where}: tune must be a mapping of argument name to a list of values or a distribution, got {block!r}")
+    options = {k: block[k] for k in TUNE_OPTIONS if k in block}
+    trials, scheduler = options.get("trials", TUNE_OPTIONS["trials"]), options.get("scheduler", TUNE_OPTIONS["scheduler"])
+    if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
+        raise PetlError(f"{where}: tune trials {trials!r} is invalid; allowed: an integer >= 1")
+    if scheduler not in SCHEDULERS:
+        raise PetlError(f"{where}: tune scheduler {scheduler!r} is not one of {', '.join(SCHEDULERS)}")
+    names = {k: v for k, v in block.items() if k not in TUNE_OPTIONS}
+    if not names:
+        raise PetlError(f"{where}: tune names no argument; give e.g. learning_rate: [1.0e-4, 1.0e-3]")
+    as_space = {}
+    for name, value in names.items():
+        if isinstance(value, list):
+            as_space[name] = {"choice": value}
+        else:
+            as_space[name] = value
+    validate_space(as_space, f"{where}: tune")
+    values = {k: v for k, v in names.items() if isinstance(v, list)}
+    space = {k: v for k, v in names.items() if not isinstance(v, list)}
+    return TuneSpec(values, space, trials, scheduler)
+
+
+def tune_for_method(grid: dict, spec: dict, where: str) -> TuneSpec | None:
+    block = spec["tune"] if "tune" in spec else grid.get("tune")
+    return parse_tune(block, where)
+
+
+def validation_score(record: dict) -> float | None:
+    """A finished run's score on the validation split by its selection metric, never the test split."""
+    if record.get("status") != "ok":
+        return None
+    score = record.get("best_validation_score")
+    if score is None:
+        score = (record.get("validation_metrics") or {}).get(record.get("selection_metric"))
+    return None if score is None else float(score)
+
+
+def choose(candidates: list[tuple[dict, dict]]) -> tuple[dict, dict, dict]:
+    """(values, record) pairs of one group's candidates -> (chosen values, chosen record, the `tune`
+    block for final records). Ties go to the first candidate in the grid's order."""
+    from petl.metrics import greater_is_better
+
+    scored = [(values, rec, validation_score(rec)) for values, rec in candidates]
+    ok = [s for s in scored if s[2] is not None]
+    if not ok:
+        first = next((rec.get("error") for _, rec in candidates if rec.get("error")), "no candidate finished")
+        raise PetlError(f"every tuning candidate failed: {first}")
+    metric = ok[0][1].get("selection_metric")
+    higher = greater_is_better(metric) if metric else True
+    best = ok[0]
+    for item in ok[1:]:
+        if (item[2] > best[2]) if higher else (item[2] < best[2]):
+            best = item
+    block = {
+        "metric": metric,
+        "mode": "max" if higher else "min",
+        "split": "validation",
+        "candidates": [
+            {"cell_id": rec.get("cell_id"), "arguments": values, "validation_score": score, "status": rec.get("status")}
+            for values, rec, score in scored
+        ],
+        "chosen": best[0],
+        "chosen_cell_id": best[1].get("cell_id"),
+    }
+    return best[0], best[1], block
+
+
+def values_key(values: dict) -> str:
+    return json.dumps(values, sort_keys=True, default=str)
+
+
+# ---- groups with distributions or ASHA: one Ray Tune search per group, on the first seed -------------------
+
+
+def _report_callback(metric: str):
+    """Each evaluation's validation score to Tune (ASHA stops poor candidates on them)."""
+    from transformers import TrainerCallback
+
+    class ReportValidation(TrainerCallback):
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            from ray import tune
+
+            value = (metrics or {}).get(f"eval_{metric}")
+            if value is not None:
+                tune.report({"objective": float(value), "step": state.global_step})
+
+    return ReportValidation()
+
+
+def _task_metric(task: str) -> tuple[str, str]:
+    """The task's selection metric and its direction: what the candidates report to Tune."""
+    from petl.metrics import greater_is_better, selection_metric
+    from petl.tasks import get_task
+
+    info = get_task(task)
+    metric = selection_metric(info.name, bool(info.is_regression))
+    return metric, "max" if greater_is_better(metric) else "min"
+
+
+def search_key(grid: dict, seed_cell, spec: TuneSpec) -> str:
+    """What a group's Tune search depends on: the seed cell's run arguments and the block. Candidates
+    recorded under another key (the grid changed) are not reused."""
+    from petl.grid import arguments_hash, run_arguments
+
+    return arguments_hash({"run": run_arguments(grid, seed_cell), "tune": spec.describe()})
+
+
+def run_tune_groups(driver, groups: list, cpus: float, gpus: float, ray_address: str | None, keep_trials: bool) -> None:
+    """Each group's candidates as one Ray Tune search (groups one after another; a search's trials run
+    side by side), recorded through the driver; a group whose candidates are all recorded under the
+    same search key is not searched again. Tune's folders go to <output_dir>/ray/tune-<key>, removed
+    after the search unless `keep_trials`."""
+    import contextlib
+    import shutil
+    from dataclasses import replace
+
+    import ray
+
+    from petl.grid import record_base
+    from petl.sweep_engine import start_ray
+
+    started = start_ray(ray_address)
+    try:
+        for group in groups:
+            seed_cell = group.seeds[0]
+            key = search_key(driver.grid, seed_cell, group.spec)
+            earlier = [r for r in driver.recorded.values() if r.get("tune_role") == "candidate" and r.get("tune_search") == key
+                       and r.get("tune_group") == seed_cell.group_id]  # fmt: skip
+            if len(earlier) >= group.spec.trials:
+                for rec in earlier:
+                    values = rec.get("tune_values") or {}
+                    cell = replace(seed_cell, arguments={**seed_cell.arguments, **values}, tune_role="candidate", candidate=values,
+                                   trial=rec.get("tune_trial"))  # fmt: skip
+                    group.candidates.append(cell)
+                    group.finished[cell.cell_id] = rec
+                continue
+            results = _tune_search(driver, seed_cell, group.spec, key, cpus, gpus)
+            cells = []
+            for result in results:
+                values = {k: result.config[k] for k in (*group.spec.values, *group.spec.space)}
+                trial = (result.metrics or {}).get("trial_id") or result.path.rsplit("trial_", 1)[-1]
+                cell = replace(seed_cell, arguments={**seed_cell.arguments, **values}, tune_role="candidate", candidate=values, trial=trial)
+                group.candidates.append(cell)
+                driver.group_of[cell.cell_id] = group
+                cells.append((cell, result))
+            for cell, result in cells:
+                metrics = result.metrics or {}
+                if isinstance(metrics.get("record_json"), str):
+                    entry = json.loads(metrics["record_json"])
+                    entry.update({k: v for k, v in record_base(driver.grid, cell).items()})
+                else:  # stopped early by ASHA, or lost
+                    error = None if result.error is None else str(result.error).splitlines()[0]
+                    entry = {**record_base(driver.grid, cell), "status": "failed" if error else "stopped",
+                             "error": error or "stopped early by the ASHA scheduler"}  # fmt: skip
+                    entry["last_validation_score"] = metrics.get("objective")
+                entry["tune_search"] = key
+                entry.setdefault("attempts", 1)
+                driver.finish(cell, entry)
+            if not keep_trials:
+                shutil.rmtree(driver.out / "ray" / f"tune-{key}", ignore_errors=True)
+                with contextlib.suppress(OSError):
+                    (driver.out / "ray").rmdir()  # when no other search's folder is kept there
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _tune_search(driver, seed_cell, spec: TuneSpec, key: str, cpus: float, gpus: float):
+    """One Tuner.fit over the group's space on its first seed; the ResultGrid."""
+    import os
+    from dataclasses import replace
+
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    from petl.grid import record_base, run_values
+    from petl.search import to_tune
+    from petl.sweep_engine import CellJob, run_cell
+
+    grid, cwd = driver.grid, os.getcwd()
+    metric, mode = _task_metric(seed_cell.task)
+    threads = max(1, int(cpus))
+    param_space = to_tune({**{k: {"choice": v} for k, v in spec.values.items()}, **spec.space})
+
+    def trainable(config: dict) -> None:
+        values = {k: config[k] for k in param_space}
+        trial = tune.get_context().get_trial_id()
+        cell = replace(seed_cell, arguments={**seed_cell.arguments, **values}, tune_role="candidate", candidate=values, trial=trial)
+        job = CellJob(cell, run_values(grid, cell, driver.out), record_base(grid, cell))
+        entry = run_cell(job, threads=threads, cwd=cwd, callbacks=[_report_callback(metric)])
+        score = validation_score(entry)
+        tune.report({"objective": float("nan") if score is None else score, "record_json": json.dumps(entry, default=str)})
+
+    asha = spec.scheduler == "asha"
+    scheduler = ASHAScheduler(time_attr="training_iteration", grace_period=1, reduction_factor=2) if asha else FIFOScheduler()
+    tuner = tune.Tuner(
+        tune.with_resources(trainable, {"cpu": cpus, "gpu": gpus}),
+        param_space=param_space,
+        tune_config=tune.TuneConfig(metric="objective", mode=mode, scheduler=scheduler, num_samples=spec.trials, reuse_actors=False,
+                                    trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}"),  # fmt: skip
+        run_config=tune.RunConfig(name=f"tune-{key}", storage_path=str(driver.out / "ray"), verbose=0,
+                                  failure_config=tune.FailureConfig(max_failures=driver.max_retries)),  # fmt: skip
+    )
+    return list(tuner.fit())

@@ -1,0 +1,177 @@
+"""The study's report: choices on validation only, paired bootstrap CIs with the decision rule, derived
+rows with CIs or n/a, and run records that carry their per-example test predictions."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from petl.metrics import glue_metrics
+from petl.report import NO_CI, NOT_SEPARABLE, TaskStudy, build_arms, derived_cells, glue_table, write_report
+from petl.stats import PairedBootstrap
+
+LABELS = [int(v) for v in np.random.default_rng(0).integers(0, 2, 120)]
+IDS = [str(i) for i in range(len(LABELS))]
+
+
+def noisy(accuracy: float, seed: int) -> list[int]:
+    """Predictions right on about `accuracy` of LABELS."""
+    rng = np.random.default_rng(seed)
+    return [y if rng.random() < accuracy else 1 - y for y in LABELS]
+
+
+def rec(name: str, values: list[int] | None, validation: float, seed: int = 1, layer: int | None = None, method: str = "lora",
+        setting: dict | None = None, test: float | None = None) -> dict:  # fmt: skip
+    """A sweep record scored by accuracy; `values` = its test predictions on LABELS (None: an old record without them)."""
+    accuracy = float(np.mean(np.array(values) == np.array(LABELS))) if values is not None else test
+    record = {
+        "cell_id": f"{name}/{layer}/{json.dumps(setting)}/{seed}", "task": "mrpc", "method_name": name, "method": method,
+        "layer": layer, "seed": seed, "setting": setting or {}, "selection_metric": "accuracy", "model": {"name_or_path": "tiny"},
+        "validation_metrics": {"accuracy": validation}, "reported_metrics": {"test": {"accuracy": accuracy}},
+        "split": {"split_mode": "heldout", "sizes": {"train": 100}},
+    }  # fmt: skip
+    if values is not None:
+        record["test_predictions"] = {"split": "test", "ids": IDS, "values": values, "labels": LABELS}
+    return record
+
+
+@pytest.mark.parametrize(
+    ("task", "metric", "kind"),
+    [("mrpc", "accuracy", 2), ("mrpc", "f1", 2), ("mrpc", "combined_score", 2), ("cola", "matthews_correlation", 2),
+     ("mnli", "accuracy", 3), ("stsb", "pearson", 0), ("stsb", "spearmanr", 0), ("stsb", "combined_score", 0)],
+)  # fmt: skip
+def test_the_resampled_metric_on_the_real_examples_is_petl_metrics(task, metric, kind):
+    rng = np.random.default_rng(1)
+    if kind:
+        labels, preds = rng.integers(0, kind, 300), rng.integers(0, kind, 300)
+        preds[:150] = labels[:150]
+        expected = glue_metrics(task, np.eye(kind)[preds], labels, False)[metric]
+    else:
+        labels = rng.integers(0, 6, 300) * 1.0  # ties, as STS-B's labels
+        preds = labels + rng.normal(0, 2, 300)
+        expected = glue_metrics(task, preds, labels, True)[metric]
+    assert PairedBootstrap(labels, metric, not kind, resamples=200).estimate([preds]).point == pytest.approx(expected, abs=1e-12)
+
+
+def test_identical_predictions_give_the_interval_zero_and_are_not_separable():
+    values = [noisy(0.7, s) for s in (1, 2, 3)]
+    records = [rec("lora", v, 0.7, s, layer=2) for s, v in zip((1, 2, 3), values, strict=True)]
+    records += [rec("bitfit", v, 0.7, s, layer=2, method="bitfit") for s, v in zip((1, 2, 3), values, strict=True)]
+    study = TaskStudy(records)
+    lora, bitfit = study.layered()
+    comparison = study.compare(lora, bitfit)
+    assert comparison.difference == 0 and comparison.interval == (0.0, 0.0) and comparison.verdict == NOT_SEPARABLE
+
+
+def test_a_method_right_where_the_other_is_wrong_is_separable_and_noise_is_not():
+    right = [list(LABELS)] * 2
+    wrong = [noisy(0.0, 1)] * 2
+    records = [rec("lora", right[0], 0.9, 1, layer=1), rec("lora", right[1], 0.9, 2, layer=1)]
+    records += [rec("raw", wrong[0], 0.5, 1, layer=1, method="head"), rec("raw", wrong[1], 0.5, 2, layer=1, method="head")]
+    study = TaskStudy(records)
+    lora = next(a for a in study.arms if a.name == "lora")
+    comparison = study.compare(lora, study.probe_at(1))
+    assert comparison.difference == pytest.approx(100) and comparison.interval[0] > 0 and comparison.verdict == "lora@1 better"
+    # two runs that are each right on ~70% of the examples, at random: their difference is not claimed
+    records = [rec("lora", noisy(0.7, 10 + s), 0.7, s, layer=1) for s in (1, 2, 3)]
+    records += [rec("bitfit", noisy(0.7, 20 + s), 0.7, s, layer=1, method="bitfit") for s in (1, 2, 3)]
+    study = TaskStudy(records)
+    low, high = study.compare(*study.layered()).interval
+    assert low < 0 < high and study.compare(*study.layered()).verdict == NOT_SEPARABLE
+
+
+def test_layer_row_and_learning_rate_are_chosen_on_validation_not_on_test():
+    good, bad = list(LABELS), noisy(0.5, 3)
+    records = []
+    for seed in (1, 2):
+        # lora: layer 1 is best on validation, layer 2 on test
+        records += [rec("lora", bad, 0.60, seed, layer=0), rec("lora", bad, 0.90, seed, layer=1), rec("lora", good, 0.70, seed, layer=2)]
+        # ffn: on test better than lora's chosen layer, on validation worse
+        records += [rec("ffn", good, 0.80, seed, layer=1, method="ffn")]
+        # prefix at a learning-rate axis: 1e-3 best on validation, 1e-2 on test; 1e-2 ran on seed 1 only (a tuned sweep's way)
+        records += [rec("prefix", bad, 0.85, seed, layer=1, method="prefix", setting={"learning_rate": 1e-3})]
+    records += [rec("prefix", good, 0.50, 1, layer=1, method="prefix", setting={"learning_rate": 1e-2})]
+    study = TaskStudy(records)
+    assert study.best_layer("lora").layer == 1
+    assert study.best_petl().label == "lora@1"
+    prefix = next(a for a in study.arms if a.name == "prefix")
+    assert prefix.chosen == {"learning_rate": 1e-3} and prefix.seeds == [1, 2] and prefix.choice_seeds == [1]
+    assert prefix.setting == {}  # the learning rate is a candidate to choose from, not a study axis
+    rows = {r[0]: r for r in glue_table(records, resamples=200)[1]}
+    assert rows["lora"][1].startswith("**") and "@1" in rows["lora"][1] and not rows["ffn"][1].startswith("**")
+
+
+def test_a_tuned_sweeps_choice_is_trusted_and_its_candidates_are_not_arms():
+    candidates = [{"arguments": {"learning_rate": lr}, "validation_score": score} for lr, score in ((1e-3, 0.6), (1e-2, 0.5))]
+    tune = {"chosen": {"learning_rate": 1e-3}, "candidates": candidates}
+    final = {**rec("lora", noisy(0.7, 1), 0.6, 1, layer=1), "tune_role": "final", "reused_from": "x", "tune": tune}
+    candidate = {**rec("lora", noisy(0.9, 2), 0.5, 1, layer=1), "tune_role": "candidate", "cell_id": "c"}
+    (arm,) = build_arms([final, candidate])
+    assert arm.trusted and arm.chosen == {"learning_rate": 1e-3} and arm.records == [final] and len(arm.candidates) == 2
+
+
+def test_derived_rows_carry_intervals_and_are_na_when_the_denominator_includes_zero():
+    best, probe = list(LABELS), noisy(0.6, 5)
+    records = [rec("lora", best, 0.9, s, layer=1) for s in (1, 2)] + [rec("raw", probe, 0.6, s, layer=1, method="head") for s in (1, 2)]
+    clear = records + [rec("full", noisy(0.95, 6), 0.95, s, method="full") for s in (1, 2)]
+    cells = derived_cells(TaskStudy(clear, resamples=500))
+    assert cells["gap bridged"].endswith("%]") and "[" in cells["relative improvement"]
+    assert "lora@1 better" in cells["best PETL - best probe"]
+    # full fine-tuning no better than the probe (identical predictions): the gap has no denominator
+    tied = records + [rec("full", probe, 0.95, s, method="full") for s in (1, 2)]
+    cells = derived_cells(TaskStudy(tied, resamples=500))
+    assert cells["gap bridged"].startswith("n/a: the CI of full - best probe includes 0")
+
+
+def test_old_records_without_predictions_get_means_and_say_cis_are_unavailable(tmp_path):
+    records = [rec("lora", None, 0.6 + 0.1 * layer, s, layer=layer, test=0.7 + 0.01 * s) for layer in (0, 1) for s in (1, 2)]
+    records += [rec("raw", None, 0.6, s, layer=layer, method="head", test=0.6) for layer in (0, 1) for s in (1, 2)]
+    path = tmp_path / "old.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    written = {p.name: p for p in write_report(str(path), str(tmp_path / "fig"))}
+    assert {"layers_mrpc_tiny.png", "layers_mrpc_tiny.md", "comparisons_mrpc_tiny.md", "table_old_tiny.md"} <= set(written)
+    assert NO_CI in written["comparisons_mrpc_tiny.md"].read_text()
+    assert "t-interval over seeds" in written["layers_mrpc_tiny.md"].read_text()
+
+
+def test_run_glue_records_carry_the_test_predictions_they_were_scored_on(tmp_path, glue_dir):
+    from conftest import run_glue_main
+
+    from petl.data import load_glue_dir, plan_splits
+    from petl.tasks import get_task
+
+    args = ["--task_name", "mrpc", "--split_mode", "heldout", "--method", "head", "--max_train_samples", "32",
+            "--max_eval_samples", "48", "--num_train_epochs", "1", "--pooler_type", "avg"]  # fmt: skip
+    code, out = run_glue_main(args, tmp_path, glue_dir=glue_dir)
+    assert code == 0
+    record = json.loads((out / "results.json").read_text())
+    predictions = record["test_predictions"]
+    task = get_task("mrpc")
+    plan = plan_splits(load_glue_dir(str(glue_dir), task, False), task.dev_splits, task.test_splits, "heldout", 42, 32, None, 48)
+    assert predictions["split"] == "test" and predictions["ids"] == [str(i) for i in plan.eval_sets["test"].ids]
+    assert predictions["labels"] == plan.eval_sets["test"].labels
+    recomputed = glue_metrics("mrpc", np.eye(2)[predictions["values"]], np.array(predictions["labels"]), False)
+    for name in ("accuracy", "f1"):
+        assert recomputed[name] == pytest.approx(record["test_metrics"][name], abs=1e-12)
+
+
+def test_runs_still_improving_at_their_last_epoch_are_listed():
+    from petl.report import comparison_table, ended_at_best
+
+    history = [{"epoch": 1.0}, {"epoch": 2.0}, {"epoch": 3.0}]
+    assert ended_at_best({"evaluation_history": history, "best_epoch": 3.0}) is True
+    assert ended_at_best({"evaluation_history": history, "best_epoch": 2.0}) is False
+    assert ended_at_best({"linear_probe": {}, "evaluation_history": [{"l2": 1.0}]}) is None
+    records = [{**rec("full", list(LABELS), 0.9, s, method="full"), "evaluation_history": history, "best_epoch": 3.0 - (s == 2)}
+               for s in (1, 2)]  # fmt: skip
+    assert "| full | 1 of 2 |" in "\n".join(comparison_table(TaskStudy(records, resamples=200)))
+
+
+def test_a_metric_that_is_the_tasks_own_writes_no_duplicate_files(tmp_path):
+    records = [rec("lora", noisy(0.7, s), 0.7, s, layer=layer) for layer in (0, 1) for s in (1, 2)]
+    path = tmp_path / "acc.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert {p.name for p in write_report(str(path), str(tmp_path / "fig"), resamples=200)} >= {"layers_mrpc_tiny.png"}
+    assert write_report(str(path), str(tmp_path / "fig"), metric="accuracy", resamples=200) == []  # accuracy is this task's metric

@@ -1,0 +1,228 @@
+"""Sweeps on Ray: cells as Ray tasks give the sequential path's metrics, run on a 2-node cluster through
+--ray_address, a killed worker's cell is retried into one record, tuned groups choose on validation,
+bad addresses / resources / tune blocks are one-line errors, and the frozen-layer cache is built once."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from petl.results import read_jsonl
+from petl.sweep import main, run_sweep
+
+ray = pytest.importorskip("ray")
+
+ARGUMENTS = {
+    "num_hidden_layers": 2,
+    "pooler_type": "avg",
+    "split_mode": "heldout",
+    "max_train_samples": 32,
+    "max_eval_samples": 32,
+    "num_train_epochs": 1,
+    "learning_rate": 1e-3,
+    "per_device_train_batch_size": 16,
+}
+SIX_CELLS = {
+    "lora": {"method": "lora", "lora_layers": "{layer}"},  # layer 0 uncached, layer 1 from the shared cache
+    "adapter-dim": {"method": "pfeiffer", "adapter_layers": "1", "adapter_dim": [1, 4]},
+    "head": {"method": "head"},
+    "raw": {"method": "head", "num_hidden_layers": "{next}", "layers": [0]},
+}
+
+
+def _grid(folder: Path, glue_dir, methods: dict, **extra) -> str:
+    grid = {
+        "name": "ray",
+        "results": str(folder / "ray.jsonl"),
+        "output_dir": str(folder / "out"),
+        "model_name_or_path": "minilm-l6",
+        "tasks": ["mrpc"],
+        "seeds": [1],
+        "layers": [0, 1],
+        "arguments": {"glue_dir": str(glue_dir), **ARGUMENTS},
+        "methods": methods,
+        **extra,
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "grid.json"
+    path.write_text(json.dumps(grid))
+    return str(path)
+
+
+def _records(folder: Path) -> dict[str, dict]:
+    records, unreadable = read_jsonl(folder / "ray.jsonl")
+    assert not unreadable
+    return {r["cell_id"]: r for r in records}
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """One local Ray for the module: 2 CPUs, on the loopback (conftest)."""
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    yield
+    ray.shutdown()
+
+
+def test_six_cells_on_ray_two_at_a_time_give_the_sequential_metrics(tmp_path, glue_dir, local_ray):
+    on_ray = _grid(tmp_path / "ray", glue_dir, SIX_CELLS, arguments={"glue_dir": str(glue_dir), **ARGUMENTS, "report_to": "tensorboard"})
+    summary = run_sweep(on_ray, use_ray=True, cpus_per_cell=1)
+    assert summary == {"cells": 6, "to_run": 6, "ran": 6, "failed": 0}
+    sequential = _grid(tmp_path / "seq", glue_dir, SIX_CELLS)
+    assert run_sweep(sequential)["ran"] == 6
+    ray_records, seq_records = _records(tmp_path / "ray"), _records(tmp_path / "seq")
+    assert set(ray_records) == set(seq_records) and len(ray_records) == 6
+    for cell_id, rec in ray_records.items():
+        seq = seq_records[cell_id]
+        assert rec["status"] == seq["status"] == "ok" and rec["attempts"] == 1
+        assert rec["arguments_hash"] == seq["arguments_hash"]
+        for split in ("validation_metrics", "test_metrics"):
+            for metric in ("accuracy", "f1", "loss"):
+                assert rec[split][metric] == pytest.approx(seq[split][metric], rel=1e-4, abs=1e-5), (cell_id, split, metric)
+        assert rec["hardware"]["torch_threads"] == 1  # torch threads follow cpus_per_cell
+    # two at a time: some cells ran side by side
+    spans = sorted((r["cell_started"], r["cell_started"] + r["cell_seconds"]) for r in ray_records.values())
+    assert any(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:], strict=False))
+    # report_to in the grid's arguments reached the Ray workers' cells: TensorBoard logs under the sweep's output_dir
+    assert list((tmp_path / "ray" / "out" / "runs").rglob("events.out.tfevents.*"))
+    # resume: nothing runs again
+    assert run_sweep(on_ray, use_ray=True, cpus_per_cell=1)["ran"] == 0
+
+
+def test_a_killed_worker_is_retried_into_one_record(tmp_path, glue_dir, local_ray, monkeypatch):
+    marker = tmp_path / "killed-once"
+    monkeypatch.setenv("PETL_SWEEP_TEST_KILL_ONCE", str(marker))  # the first training step SIGKILLs its worker
+    path = _grid(tmp_path, glue_dir, {"lora": {"method": "lora", "lora_layers": "1"}})
+    assert run_sweep(path, use_ray=True, cpus_per_cell=1) == {"cells": 1, "to_run": 1, "ran": 1, "failed": 0}
+    assert marker.is_file()
+    lines = read_jsonl(tmp_path / "ray.jsonl")[0]
+    assert len(lines) == 1 and lines[0]["status"] == "ok" and lines[0]["attempts"] == 2
+    assert len(lines[0]["retried_after"]) == 1 and "Worker" in lines[0]["retried_after"][0]
+    # without retries, a lost worker is a failed cell, still one record
+    marker.unlink()
+    (tmp_path / "ray.jsonl").unlink()
+    assert run_sweep(path, use_ray=True, cpus_per_cell=1, max_retries=0)["failed"] == 1
+    lines = read_jsonl(tmp_path / "ray.jsonl")[0]
+    assert len(lines) == 1 and lines[0]["status"] == "failed" and lines[0]["attempts"] == 1 and "worker lost" in lines[0]["error"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize(
+    "flags,extra,message",
+    [
+        (["--ray_address", "127.0.0.1:{port}"], {}, "--ray_address '127.0.0.1:{port}': no Ray cluster answers there"),
+        (["--cpus_per_cell", "3"], {}, "cpus_per_cell 3 (--cpus_per_cell): no node of the Ray cluster has that many CPUs"),
+        ([], {"gpus_per_cell": 0.5}, "gpus_per_cell 0.5 (grid file"),
+        ([], {"tune": {"lerning_rate": [1e-4, 1e-3]}}, "tune: 'lerning_rate' is not a run_glue.py argument that can be searched"),
+        ([], {"tune": {"learning_rate": {"loguniform": [0, 1]}}}, "learning_rate: loguniform needs low > 0"),
+        ([], {"tune": {"learning_rate": [1e-3], "scheduler": "pbt"}}, "tune scheduler 'pbt' is not one of fifo, asha"),
+    ],
+)  # fmt: skip
+def test_bad_addresses_resources_and_tune_blocks_are_one_line_and_write_nothing(flags, extra, message, tmp_path, glue_dir, local_ray,
+                                                                                capsys):  # fmt: skip
+    port = _free_port()
+    path = _grid(tmp_path, glue_dir, {"head": {"method": "head"}}, **extra)
+    began = time.time()
+    assert main([path, *[f.format(port=port) for f in flags]]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message.format(port=port) in err[0], err
+    assert time.time() - began < 20
+    assert not (tmp_path / "ray.jsonl").exists() and not (tmp_path / "out").exists()
+
+
+def test_a_tuned_group_chooses_on_validation_never_on_test(tmp_path, glue_dir, monkeypatch):
+    """Three learning rates on seed 1: 1e-3 is best on validation, 1e-2 best on test. 1e-3 is chosen,
+    seed 1's final record is its run, seeds 2 and 3 train with it; a re-run trains nothing."""
+    import petl.experiment
+
+    validation = {1e-4: 0.60, 1e-3: 0.80, 1e-2: 0.70}
+    test = {1e-4: 0.60, 1e-3: 0.65, 1e-2: 0.90}
+    calls = []
+
+    def fake_run(model_args, data_args, petl_args, training_args, cache_when_valid=False):
+        lr = training_args.learning_rate
+        calls.append((training_args.seed, lr))
+        return {"task": data_args.task_name, "selection_metric": "f1", "best_validation_score": validation[lr],
+                "validation_metrics": {"f1": validation[lr]}, "test_metrics": {"f1": test[lr]},
+                "reported_metrics": {"test": {"f1": test[lr]}}, "test_predictions": {"ids": [0, 1], "values": [1, 0]}}  # fmt: skip
+
+    monkeypatch.setattr(petl.experiment, "run", fake_run)
+    path = _grid(tmp_path, glue_dir, {"lora": {"method": "lora", "lora_layers": "1"}}, seeds=[1, 2, 3],
+                 tune={"learning_rate": [1e-4, 1e-3, 1e-2]})  # fmt: skip
+    assert run_sweep(path, dry_run=True)["to_run"] == 6  # 3 candidates, then 3 finals at most
+    run_sweep(path)
+    assert sorted(calls) == [(1, 1e-4), (1, 1e-3), (1, 1e-2), (2, 1e-3), (3, 1e-3)]
+    records = _records(tmp_path)
+    candidates = [r for r in records.values() if r.get("tune_role") == "candidate"]
+    finals = {r["seed"]: r for r in records.values() if r.get("tune_role") == "final"}
+    assert len(candidates) == 3 and all(r["seed"] == 1 and r["tune_group"] == "mrpc/lora" for r in candidates)
+    assert sorted(finals) == [1, 2, 3] and all(r["cell_id"] == f"mrpc/lora/seed={s}" for s, r in finals.items())
+    for rec in finals.values():
+        assert rec["tune"]["chosen"] == {"learning_rate": 1e-3} and rec["tune"]["metric"] == "f1" and rec["tune"]["split"] == "validation"
+        assert rec["run_arguments"]["learning_rate"] == 1e-3 and rec["test_predictions"] == {"ids": [0, 1], "values": [1, 0]}
+        scores = {c["arguments"]["learning_rate"]: c["validation_score"] for c in rec["tune"]["candidates"]}
+        assert scores == validation
+    assert finals[1]["reused_from"] == "mrpc/lora/tune.learning_rate=0.001/seed=1" and finals[1]["test_metrics"]["f1"] == 0.65
+    calls.clear()
+    assert run_sweep(path, dry_run=True)["to_run"] == 0  # the choice is known from the records: nothing left
+    assert run_sweep(path)["ran"] == 0 and calls == []  # resumed: no candidate and no final trains again
+
+
+def test_two_cells_wanting_one_cache_build_it_once(tmp_path, monkeypatch):
+    """The second cell waits on the cache's lock while the first builds it, then reuses it."""
+    from conftest import collate, perturbed_petl_model, token_dataset
+
+    import petl.cache as cache
+
+    computed = []
+    compute = cache._compute_cache
+
+    def slow_compute(*args, **kwargs):
+        computed.append(threading.get_ident())
+        time.sleep(0.5)  # the other cell arrives while this one builds
+        return compute(*args, **kwargs)
+
+    monkeypatch.setattr(cache, "_compute_cache", slow_compute)
+    model = perturbed_petl_model("bert", "lora", {"layers": "1-2"})
+    dataset = token_dataset()
+    built = [None, None]
+
+    def build(i: int) -> None:
+        built[i] = cache.build_cache(model, 1, dataset, collate, cache_dir=tmp_path / "cache")
+
+    threads = [threading.Thread(target=build, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(computed) == 1
+    assert built[0].states.equal(built[1].states) and len(list((tmp_path / "cache").glob("[0-9a-f]*"))) == 1
+
+
+def test_a_grid_runs_on_a_two_node_cluster_through_ray_address(tmp_path, glue_dir):
+    """Two Ray nodes on this machine (own processes, loopback): the sweep connects with --ray_address."""
+    from ray.cluster_utils import Cluster
+
+    ray.shutdown()  # the module's local Ray: this test's driver connects to the cluster instead
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    try:
+        cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        path = _grid(tmp_path, glue_dir, {"head": {"method": "head", "learning_rate": [1e-3, 1e-2]}})
+        assert main([path, "--ray_address", cluster.address, "--cpus_per_cell", "1"]) == 0
+        records = _records(tmp_path)
+        assert len(records) == 2 and all(r["status"] == "ok" for r in records.values())
+        assert len({r["ray_node_id"] for r in records.values()}) == 2  # one cell on each node
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
