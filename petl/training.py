@@ -203,6 +203,17 @@ class PetlTrainer(Trainer):
         self._resume_state: dict[str, Any] | None = None
         self.add_callback(_RestoreLossSums(self))
 
+    def _get_eval_sampler(self, eval_dataset):
+        """Evaluation and prediction read the dataset in order. transformers 5 applies group_by_length
+        to them too (a seeded length-grouped shuffle): metrics survive it, since predictions and labels
+        move together, but predictions no longer line up with their examples (prediction files, the
+        record's test_predictions, the linear probe's features against their labels)."""
+        if self.args.train_sampling_strategy != "group_by_length":
+            return super()._get_eval_sampler(eval_dataset)
+        if eval_dataset is None or self.args.world_size > 1:
+            return None  # a sharded sequential sampler is Accelerate's, as in HF's own branch
+        return torch.utils.data.SequentialSampler(eval_dataset)
+
     def _best_state_callback(self) -> BestStateCallback | None:
         found = [cb for cb in self.callback_handler.callbacks if isinstance(cb, BestStateCallback)]
         if len(found) > 1:

@@ -173,3 +173,35 @@ def test_replica_ranks_log_at_warning():
     finally:
         root.setLevel(before[0])
         transformers.logging.set_verbosity(before[1])
+
+
+def test_group_by_length_leaves_evaluation_in_dataset_order(tmp_path):
+    """transformers 5 applies group_by_length to evaluation too (a length-grouped shuffle); metrics
+    survive it, but predictions must line up with their examples (prediction files, test_predictions,
+    the linear probe's features against their labels)."""
+    import datasets
+    import torch
+    from torch import nn
+
+    from petl.training import PetlTrainer
+
+    class LengthModel(nn.Module):  # "predicts" each example's length: the order of the predictions shows
+        def __init__(self):
+            super().__init__()
+            self.unused = nn.Linear(1, 1)
+
+        def forward(self, input_ids, attention_mask, labels=None):
+            logits = attention_mask.sum(-1, keepdim=True).float()
+            return {"loss": (logits * 0).sum(), "logits": logits}
+
+    def pad(batch):
+        width = max(len(b["input_ids"]) for b in batch)
+        ids = torch.tensor([b["input_ids"] + [0] * (width - len(b["input_ids"])) for b in batch])
+        return {"input_ids": ids, "attention_mask": (ids != 0).long(), "labels": torch.tensor([b["labels"] for b in batch])}
+
+    lengths = [3, 9, 1, 7, 2, 8, 5, 4, 6, 10, 2, 9]
+    ds = datasets.Dataset.from_dict({"input_ids": [[1] * n for n in lengths], "labels": [0] * len(lengths)})
+    args = PetlTrainingArguments(output_dir=str(tmp_path), group_by_length=True, per_device_eval_batch_size=4, report_to=[], use_cpu=True,
+                                 eval_strategy="no", save_strategy="no")
+    trainer = PetlTrainer(model=LengthModel(), args=args, data_collator=pad)
+    assert trainer.predict(ds).predictions.reshape(-1).tolist() == lengths

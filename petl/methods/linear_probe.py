@@ -30,8 +30,9 @@ from petl.errors import PetlError
 from petl.registry import MethodConfig, MethodEntry, nothing_to_fold, register
 
 NAME = "linear-probe"
-# L2 strengths tried, strongest first (warm starts go from a smooth solution towards a sharper one)
-L2_STRENGTHS = (10.0, 1.0, 0.1, 0.01, 1e-3, 1e-4)
+# L2 strengths tried, strongest first (warm starts go from a smooth solution towards a sharper one), half a
+# decade apart: on 800 MRPC pairs the validation optimum sits between 10 (a constant predictor) and 1
+L2_STRENGTHS = (10.0, 3.0, 1.0, 0.3, 0.1, 0.03, 0.01, 3e-3, 1e-3, 3e-4, 1e-4)
 LBFGS_MAX_ITERATIONS = 500
 
 
