@@ -181,6 +181,8 @@ def _canonical(value: Any) -> str:
 
 def run_values(grid: dict, cell: Cell, output_dir: Path) -> dict[str, Any]:
     """Every argument the grid gives run_glue for one cell (run_glue's defaults fill in the rest)."""
+    if "results_file" in grid["arguments"] or "results_file" in cell.arguments:  # the driver alone writes the sweep's records
+        raise PetlError(f"cell {cell.cell_id}: results_file is the sweep's own (the grid's `results:`); drop it from the grid's arguments")
     folder = Path(cell.cell_id.replace("=", ""))
     if folder.is_absolute() or ".." in folder.parts:  # check_grid_names refuses such names; never leave output_dir
         raise PetlError(f"cell {cell.cell_id!r} would write outside {str(output_dir)!r}")

@@ -327,8 +327,8 @@ def _sweep(grid: dict, grid_path: str, results_path: Path, out: Path, shard: str
     if engine is None:
         if use_ray and (todo or any(not g.complete() or g.spec.uses_ray_tune for g in groups) or any(len(g.seeds) > 1 for g in groups)):
             engine, started_ray = _ray_engine(ray_address, cpus, gpus, resource_source)
-        else:
-            engine = sweep_engine.LocalEngine()
+        else:  # in-process: cpus_per_cell, where given, still sets the torch threads
+            engine = sweep_engine.LocalEngine(threads=int(cpus) if resource_source["cpus_per_cell"] != "default" else None)
     driver = SweepDriver(grid, out, results_path, engine, recorded, retry_failed, max_retries, todo, groups, max_cells)
     try:
         if any(g.spec.uses_ray_tune for g in groups):
@@ -405,11 +405,12 @@ class SweepDriver:
         pairs = [(c.candidate, group.finished[c.cell_id]) for c in group.candidates]
         try:
             chosen, chosen_record, block = choose(pairs)
-        except PetlError as err:  # every candidate failed: each seed's final is a failed cell
+        except PetlError as err:  # every candidate failed: each seed's final is a failed cell, recorded once
             for seed_cell in group.seeds:
                 cell = final_cell(seed_cell, {})
-                self.failed += 1
-                self.append({**record_base(self.grid, cell), "status": "failed", "error": f"PetlError: {err}"})
+                if needs_run(self.recorded.get(cell.cell_id), self.grid, cell, self.retry_failed, set()):
+                    self.failed += 1
+                    self.append({**record_base(self.grid, cell), "status": "failed", "error": f"PetlError: {err}"})
             return
         first, *others = group.seeds
         changed: set[str] = set()

@@ -107,9 +107,10 @@ class LocalEngine:
     capacity = 1
     description = "in-process, one cell at a time"
 
-    def __init__(self, runner: Callable[[CellJob], dict] | None = None):
+    def __init__(self, runner: Callable[[CellJob], dict] | None = None, threads: int | None = None):
+        """`threads`: torch threads per cell where cpus_per_cell was given (else torch's own default)."""
         self.pending: list[CellJob] = []
-        self.runner = runner or (lambda job: run_cell(job, kill_marker=os.environ.get(KILL_ONCE_ENV)))
+        self.runner = runner or (lambda job: run_cell(job, threads=threads, kill_marker=os.environ.get(KILL_ONCE_ENV)))
 
     def submit(self, job: CellJob) -> None:
         self.pending.append(job)
@@ -152,7 +153,9 @@ def start_ray(address: str | None) -> bool:
         check_address(address)
     if ray.is_initialized():
         return False
-    env = {"PYTHONPATH": str(PACKAGE_ROOT), "TOKENIZERS_PARALLELISM": "false"}
+    # RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO: a cell given no GPU sees none (Ray otherwise leaves CUDA_VISIBLE_DEVICES
+    # alone for 0-GPU tasks, and every cell on a GPU node would land on cuda:0 unaccounted)
+    env = {"PYTHONPATH": str(PACKAGE_ROOT), "TOKENIZERS_PARALLELISM": "false", "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "1"}
     for name in ("GLUE_DIR", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME"):
         if os.environ.get(name):
             env[name] = os.environ[name]

@@ -49,6 +49,12 @@ class TuneSpec:
         return {"values": self.values, "space": self.space, "trials": self.trials, "scheduler": self.scheduler}
 
 
+# arguments that define the split, the metric or the data a candidate is scored on: never a tuning axis
+EVALUATION_ARGUMENTS = frozenset({"split_mode", "split_seed", "max_eval_samples", "metric_for_best_model", "greater_is_better",
+                                  "eval_strategy", "eval_steps", "task_name", "glue_dir", "train_file", "validation_file", "test_file",
+                                  "max_train_samples", "train_fraction"})  # fmt: skip
+
+
 def parse_tune(block: Any, where: str) -> TuneSpec | None:
     """A `tune:` block, checked: every name a searchable run_glue.py argument, every list of values it
     takes, every distribution well-formed (one line naming the key otherwise). None for an empty block."""
@@ -67,6 +73,10 @@ def parse_tune(block: Any, where: str) -> TuneSpec | None:
     names = {k: v for k, v in block.items() if k not in TUNE_OPTIONS}
     if not names:
         raise PetlError(f"{where}: tune names no argument; give e.g. learning_rate: [1.0e-4, 1.0e-3]")
+    for name in names:
+        if name in EVALUATION_ARGUMENTS:
+            raise PetlError(f"{where}: tune: {name!r} decides what the candidates are scored on, so their scores could not "
+                            "be compared (or would read the test split); tune what trains: learning_rate, head_lr, method options")
     as_space = {}
     for name, value in names.items():
         if isinstance(value, list):

@@ -226,3 +226,40 @@ def test_a_grid_runs_on_a_two_node_cluster_through_ray_address(tmp_path, glue_di
     finally:
         ray.shutdown()
         cluster.shutdown()
+
+
+def test_a_tuned_group_whose_candidates_all_failed_is_recorded_once(tmp_path, glue_dir, monkeypatch):
+    """Every candidate fails: each seed gets one failed final record, and a resume with --skip_failed
+    appends nothing more (it once appended the failed finals again on every resume)."""
+    import petl.experiment
+
+    def failing_run(*args, **kwargs):
+        raise RuntimeError("diverged")
+
+    monkeypatch.setattr(petl.experiment, "run", failing_run)
+    path = _grid(tmp_path, glue_dir, {"lora": {"method": "lora", "lora_layers": "1"}}, seeds=[1, 2], tune={"learning_rate": [1e-4, 1e-3]})
+    run_sweep(path)
+    lines = read_jsonl(tmp_path / "ray.jsonl")[0]
+    assert len(lines) == 4 and sum(r.get("tune_role") == "final" for r in lines) == 2
+    for _ in range(2):
+        assert run_sweep(path, retry_failed=False)["failed"] == 0
+        assert len(read_jsonl(tmp_path / "ray.jsonl")[0]) == 4
+
+
+@pytest.mark.parametrize("name", ["split_mode", "max_eval_samples", "metric_for_best_model"])
+def test_a_tune_block_cannot_vary_what_candidates_are_scored_on(name, tmp_path, glue_dir, capsys):
+    values = {"split_mode": ["heldout", "official"], "max_eval_samples": [16, 1000], "metric_for_best_model": ["accuracy", "f1"]}
+    path = _grid(tmp_path, glue_dir, {"head": {"method": "head"}}, tune={name: values[name]})
+    assert main([path, "--no_ray"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"tune: {name!r} decides what the candidates are scored on" in err[0], err
+    assert not (tmp_path / "ray.jsonl").exists()
+
+
+def test_a_grid_cannot_give_cells_a_results_file_of_their_own(tmp_path, glue_dir, capsys):
+    """Only the driver writes the sweep's JSONL: a results_file in the grid's arguments is refused."""
+    path = _grid(tmp_path, glue_dir, {"head": {"method": "head", "results_file": str(tmp_path / "ray.jsonl")}})
+    assert main([path, "--no_ray"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "results_file is the sweep's own" in err[0], err
+    assert not (tmp_path / "ray.jsonl").exists()
