@@ -403,6 +403,9 @@ def run_trials(base: tuple, space: dict, objective: Objective, search_args: Sear
             )
         return tuner.fit()
     finally:
+        from petl.sweep_engine import remove_tune_staging
+
+        remove_tune_staging("search")
         ray.shutdown()
 
 

@@ -167,6 +167,21 @@ def start_ray(address: str | None) -> bool:
     return True
 
 
+def remove_tune_staging(experiment_name: str) -> None:
+    """Ray Tune stages each experiment (trial working folders, driver artifacts) under the Ray session's
+    temp folder, /tmp/ray/session_*/artifacts/<time>/<name>, besides the storage_path it syncs to: remove
+    that copy once the experiment is done, so nothing of a sweep or search stays in the system temp folder."""
+    import shutil
+
+    from ray._private import worker
+
+    node = worker._global_node
+    if node is None:
+        return
+    for folder in (Path(node.get_session_dir_path()) / "artifacts").glob(f"*/{experiment_name}"):
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def largest_node() -> dict[str, float]:
     """The CPUs and GPUs of the cluster's largest alive node: a task runs on one node."""
     import ray

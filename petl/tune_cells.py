@@ -244,7 +244,7 @@ def _tune_search(driver, seed_cell, spec: TuneSpec, key: str, cpus: float, gpus:
 
     from petl.grid import record_base, run_values
     from petl.search import to_tune
-    from petl.sweep_engine import CellJob, run_cell
+    from petl.sweep_engine import CellJob, remove_tune_staging, run_cell
 
     grid, cwd = driver.grid, os.getcwd()
     metric, mode = _task_metric(seed_cell.task)
@@ -270,4 +270,7 @@ def _tune_search(driver, seed_cell, spec: TuneSpec, key: str, cpus: float, gpus:
         run_config=tune.RunConfig(name=f"tune-{key}", storage_path=str(driver.out / "ray"), verbose=0,
                                   failure_config=tune.FailureConfig(max_failures=driver.max_retries)),  # fmt: skip
     )
-    return list(tuner.fit())
+    try:
+        return list(tuner.fit())
+    finally:
+        remove_tune_staging(f"tune-{key}")

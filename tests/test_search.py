@@ -4,6 +4,7 @@ small PBT search runs to completion through Ray Tune."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from transformers import TrainerCallback
@@ -109,8 +110,11 @@ def test_pbt_search_runs_to_completion_and_retrains_the_best(tmp_path, glue_dir,
             "--num_train_epochs", "3", "--per_device_train_batch_size", "16", "--search_trials", "2",
             "--cpus_per_trial", "1", "--search_space", str(space), "--output_dir", str(tmp_path / "search"),
             "--disable_tqdm", "true", "--keep_trials", "true"]  # fmt: skip
+    staged_before = set(Path("/tmp/ray").glob("session_*/artifacts/*/search"))
     summary = run_glue_hyper_search.run_search(argv)
     assert summary["failed_trials"] == 0 and len(summary["trials"]) == 2
+    # nor does Ray Tune's staging copy of the trials stay in the system temp folder
+    assert set(Path("/tmp/ray").glob("session_*/artifacts/*/search")) == staged_before
     scores = [t["best_objective"] for t in summary["trials"]]
     assert summary["best_validation_score"] == max(scores) and summary["metric"] == "f1"
     # the chosen configuration, retrained with a fresh seed, is at least as good as the worst trial
