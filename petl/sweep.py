@@ -416,8 +416,10 @@ class SweepDriver:
         changed: set[str] = set()
         cell = final_cell(first, chosen)
         if needs_run(self.recorded.get(cell.cell_id), self.grid, cell, self.retry_failed, changed):
-            reused = {k: v for k, v in chosen_record.items() if k not in ("tune_role", "tune_group", "tune_values", "attempts",
-                                                                          "retried_after")}  # fmt: skip
+            # the chosen candidate's run is this seed's final record: its coordinates become the final cell's; its
+            # attempts (and retries) describe that run and stay
+            reused = {k: v for k, v in chosen_record.items() if k not in ("tune_role", "tune_group", "tune_values", "tune_search",
+                                                                          "tune_trial")}  # fmt: skip
             self.append({**reused, **record_base(self.grid, cell), "tune": block, "reused_from": chosen_record.get("cell_id")})
             self.ran += 1
         for seed_cell in others:

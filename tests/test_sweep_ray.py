@@ -173,6 +173,7 @@ def test_a_tuned_group_chooses_on_validation_never_on_test(tmp_path, glue_dir, m
         scores = {c["arguments"]["learning_rate"]: c["validation_score"] for c in rec["tune"]["candidates"]}
         assert scores == validation
     assert finals[1]["reused_from"] == "mrpc/lora/tune.learning_rate=0.001/seed=1" and finals[1]["test_metrics"]["f1"] == 0.65
+    assert all(rec["attempts"] == 1 for rec in finals.values())  # every finished record says how often it ran
     calls.clear()
     assert run_sweep(path, dry_run=True)["to_run"] == 0  # the choice is known from the records: nothing left
     assert run_sweep(path)["ran"] == 0 and calls == []  # resumed: no candidate and no final trains again
