@@ -385,14 +385,12 @@ def adopt_saved_model_settings(saved: dict, model_args: ModelArguments, given: C
 def check_saved_methods(saved: dict, petl_args: PetlArguments, given: Collection[str]) -> None:
     """With --load_petl the delta's methods run; a --method or method flag given as well is refused
     (it would be silently ignored)."""
-    from petl.registry import METHODS
+    from petl.registry import given_method_flags
 
     saved_methods = ",".join(m["method"] for m in saved["methods"])
     if "method" in given and petl_args.method.replace(" ", "") != saved_methods:
         raise PetlError(f"--method {petl_args.method!r} differs from the saved delta's {saved_methods!r} (--load_petl); omit --method")
-    prefixes = {entry.flag_prefix for entry in METHODS.values()}
-    method_flags = {f.name for f in dataclasses.fields(petl_args) if f.name.split("_", 1)[0] in prefixes}
-    flags = sorted(method_flags & set(given))
+    flags = given_method_flags(petl_args, given)
     if flags:
         raise PetlError(f"--{flags[0]} was given with --load_petl, whose saved delta fixes every method option; omit it")
 

@@ -382,6 +382,7 @@ def load_model(
     if num_hidden_layers is not None:
         if not 1 <= num_hidden_layers <= full_layers:
             raise PetlError(f"--num_hidden_layers {num_hidden_layers} is out of range; allowed: 1..{full_layers}")
+        truncate_per_layer_lists(config, full_layers, num_hidden_layers)
         config.num_hidden_layers = num_hidden_layers
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the missing head is expected and handled below; no loading report
@@ -401,6 +402,17 @@ def load_model(
     state.new_parameters = new_params  # recorded for the report
     state.pooler_type = pooler_type
     return model
+
+
+def truncate_per_layer_lists(config, full_layers: int, num_hidden_layers: int) -> None:
+    """Cut every per-layer list of the config (Qwen2/Qwen3's `layer_types`, ModernBERT-style attention
+    patterns: any list as long as the full depth) to the first `num_hidden_layers` entries, so that the
+    truncated config stays valid (transformers validates `len(layer_types) == num_hidden_layers` on save)."""
+    if num_hidden_layers >= full_layers:
+        return
+    for name, value in list(vars(config).items()):
+        if isinstance(value, (list, tuple)) and len(value) == full_layers:
+            setattr(config, name, type(value)(value[:num_hidden_layers]))
 
 
 def apply_config_overrides(config, overrides: str | None) -> None:

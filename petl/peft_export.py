@@ -117,6 +117,17 @@ def check_exportable(model: nn.Module):
     return config
 
 
+def pack_prefix_table(keys_and_values: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """PEFT's prefix table layout, (P, layers x 2 x key/value width): per layer its keys, then its values."""
+    return torch.cat([t for pair in keys_and_values for t in pair], dim=1).contiguous()
+
+
+def unpack_prefix_table(table: torch.Tensor, layers: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The (keys, values) of each of `layers` layers in PEFT's prefix table (the inverse of pack_prefix_table)."""
+    width = table.shape[1] // (2 * layers)
+    return [(table[:, 2 * i * width : (2 * i + 1) * width], table[:, (2 * i + 1) * width : (2 * i + 2) * width]) for i in range(layers)]
+
+
 def _prefix_table(model: nn.Module, state: dict[str, torch.Tensor]) -> torch.Tensor:
     """PEFT's prefix table (P, layers x 2 x key/value width): per layer its keys, then its values. A
     reparameterised prefix (--prefix_mlp_dim) is exported as the tables its MLP produces."""
@@ -124,7 +135,7 @@ def _prefix_table(model: nn.Module, state: dict[str, torch.Tensor]) -> torch.Ten
     from petl.methods.prefix import Prefix
 
     names = {id(m): n for n, m in model.named_modules() if isinstance(m, Prefix)}
-    pieces = []
+    pairs = []
     for layer in range(num_layers(model)):
         prefix = layer_module(model, layer, arch_for(model).self_attn).prefix
         name = names[id(prefix)]
@@ -134,11 +145,13 @@ def _prefix_table(model: nn.Module, state: dict[str, torch.Tensor]) -> torch.Ten
                 key, value = torch.func.functional_call(prefix.mlp, weights, (state[f"{name}.embedding"],)).chunk(2, dim=-1)
         else:
             key, value = state[f"{name}.key"], state[f"{name}.value"]
-        pieces += [key, value]
-    return torch.cat(pieces, dim=1).contiguous()
+        pairs.append((key, value))
+    return pack_prefix_table(pairs)
 
 
 def _peft_config(model: nn.Module, config, base: str):
+    from petl.arch import input_embedding_width
+
     try:
         import peft
     except ImportError:
@@ -169,7 +182,8 @@ def _peft_config(model: nn.Module, config, base: str):
     shape = {
         "num_virtual_tokens": config.length,
         "num_layers": int(model.config.num_hidden_layers),  # the truncated count, if the backbone was cut
-        "token_dim": int(model.config.hidden_size),
+        # prompts sit beside the token embeddings, narrower than hidden_size on ALBERT and ELECTRA-small
+        "token_dim": int(model.config.hidden_size if config.method == "prefix" else input_embedding_width(model)),
         "num_attention_heads": int(model.config.num_attention_heads),
         "num_transformer_submodules": 1,  # an encoder or a decoder, not both
     }

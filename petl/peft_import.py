@@ -45,6 +45,42 @@ LORA_REFUSED = (
     ("use_qalora", False, "use_qalora=True"),
     ("alora_invocation_tokens", None, "aLoRA (alora_invocation_tokens)"),
 )
+# LoRA config keys known not to change what the saved tensors compute (bookkeeping, placement, which the
+# tensors themselves decide, or settings handled above); any other key with a non-default value is refused
+# by name: an initialisation such as PiSSA or OLoRA also rewrites the base weights, a newer PEFT option may
+# change the forward pass, and neither is visible in the tensors.
+LORA_HARMLESS_KEYS = frozenset(
+    {"task_type", "peft_type", "auto_mapping", "peft_version", "base_model_name_or_path", "revision", "inference_mode", "r",
+     "target_modules", "exclude_modules", "lora_alpha", "lora_dropout", "fan_in_fan_out", "use_rslora", "modules_to_save",
+     "layers_to_transform", "layers_pattern", "megatron_config", "megatron_core", "runtime_config", "eva_config",
+     "qalora_group_size", "ensure_weight_tying", "init_lora_weights"}
+    | {key for key, _, _ in LORA_REFUSED}
+)  # fmt: skip
+# initialisations that only set the starting tensors (saved as they are), leaving the base weights alone
+LORA_PLAIN_INITS = (True, False, "gaussian", "eva")
+
+
+def _unknown_lora_setting(config: dict[str, Any]) -> str | None:
+    """The first LoRA setting outside LORA_HARMLESS_KEYS whose value is not PEFT's default, as `key=value`."""
+    if config.get("init_lora_weights", True) not in LORA_PLAIN_INITS:
+        return (
+            f"init_lora_weights={config['init_lora_weights']!r} (an initialisation that may rewrite the base weights or what trains; "
+            "save it converted to plain LoRA: PEFT's save_pretrained(path_initial_model_for_weight_conversion=...))"
+        )
+    try:
+        import dataclasses
+
+        import peft
+
+        defaults = {f.name: f.default for f in dataclasses.fields(peft.LoraConfig) if f.default is not dataclasses.MISSING}
+    except ImportError:  # no PEFT here: only the empty values count as defaults
+        defaults = {}
+    for key in sorted(set(config) - LORA_HARMLESS_KEYS):
+        value = config[key]
+        if value in (None, False, {}, []) or (key in defaults and value == defaults[key]):
+            continue
+        return f"{key}={value!r} (a LoRA setting not known to keep the plain LoRA computation)"
+    return None
 
 
 @dataclass
@@ -77,6 +113,8 @@ def read_peft_adapter(directory: str | os.PathLike) -> PeftAdapter:
     refused = []
     if peft_type == "LORA":
         refused = [what for key, fine, what in LORA_REFUSED if config.get(key) not in (fine, None)]
+        unknown = _unknown_lora_setting(config)
+        refused += [unknown] if unknown else []
         if not isinstance(config.get("r"), int) or config["r"] < 1:
             refused.append(f"r={config.get('r')!r}")
     else:
@@ -97,16 +135,13 @@ def read_peft_adapter(directory: str | os.PathLike) -> PeftAdapter:
 def check_peft_arguments(petl_args, model_args, given) -> None:
     """With --load_peft the adapter fixes the method and its options, and the head is HF's own: a
     --load_petl, --method, method flag or pooled head given as well is refused (it would be ignored)."""
-    import dataclasses
-
-    from petl.registry import METHODS
+    from petl.registry import given_method_flags
 
     if petl_args.load_petl:
         raise PetlError("--load_peft and --load_petl both load a method's tensors; give one")
     if "method" in given:
         raise PetlError(f"--method {petl_args.method!r} was given with --load_peft, whose adapter fixes the method; omit --method")
-    prefixes = {entry.flag_prefix for entry in METHODS.values()}
-    flags = sorted(f.name for f in dataclasses.fields(petl_args) if f.name.split("_", 1)[0] in prefixes and f.name in given)
+    flags = given_method_flags(petl_args, given)
     if flags:
         raise PetlError(f"--{flags[0]} was given with --load_peft, whose adapter fixes every method option; omit it")
     if model_args.pooler_type not in ("auto", "model"):
@@ -137,6 +172,18 @@ def check_base_model(adapter: PeftAdapter, model_name_or_path: str | None) -> No
         )
 
 
+def _rooted(model: nn.Module, lora: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """LoRA tensors of an adapter made on the bare backbone (AutoModel: `encoder.layer.0...`), named as in the
+    sequence classifier (`bert.encoder.layer.0...`); names already under the model's layers stay as they are."""
+    from petl.arch import arch_for, layers_prefix
+
+    inner = arch_for(model).layers + "."
+    root = layers_prefix(model).removesuffix(inner)
+    if root and lora and not any(k.startswith(root) for k in lora) and all(k.startswith(inner) for k in lora):
+        return {root + k: v for k, v in lora.items()}
+    return lora
+
+
 def _lora_config(model: nn.Module, adapter: PeftAdapter, modules: set[str]):
     """The petl-glue LoRA config whose modules are exactly `modules` (names in the model)."""
     from petl.arch import arch_for, layers_prefix, num_layers, split_slot
@@ -153,7 +200,12 @@ def _lora_config(model: nn.Module, adapter: PeftAdapter, modules: set[str]):
     placed: set[tuple[int, str]] = set()
     for name in sorted(modules):
         layer_text, _, path = name.removeprefix(prefix).partition(".")
-        target, slot = by_path.get(path, (None, None)) if name.startswith(prefix) else (None, None)
+        if not name.startswith(prefix):
+            raise PetlError(
+                f"{where}: LoRA on {name}, outside this model's layers ({prefix}*): the adapter was made on a model "
+                f"with another root or on modules petl-glue's LoRA does not adapt; petl-glue's LoRA targets: {', '.join(LORA_TARGETS)}"
+            )
+        target, slot = by_path.get(path, (None, None))
         if target is None or slot is not None:
             reason = "a fused projection PEFT adapts as one matrix" if slot else "not one of the projections petl-glue's LoRA adapts"
             raise PetlError(f"{where}: LoRA on {name} ({reason}); petl-glue's LoRA targets: {', '.join(LORA_TARGETS)}")
@@ -182,15 +234,49 @@ def _lora_config(model: nn.Module, adapter: PeftAdapter, modules: set[str]):
     )
 
 
+def check_adapter_supported(model: nn.Module, adapter: PeftAdapter) -> None:
+    """The architecture can host the method the adapter becomes, and (prefix tuning) PEFT's prefix ran on it:
+    refused in terms of the adapter, since the user gave --load_peft, not --method."""
+    from petl.arch import arch_for, layer_module
+    from petl.methods.prefix import _takes_key_value_store
+
+    kind = model.config.model_type
+    where = f"--load_peft {str(adapter.directory)!r}: a {adapter.peft_type} adapter is not supported for {kind}"
+    reason = arch_for(model).refused.get(adapter.method)
+    if reason:
+        raise PetlError(f"{where}: {reason}")
+    if adapter.peft_type == "PREFIX_TUNING" and not _takes_key_value_store(layer_module(model, 0, arch_for(model).self_attn)):
+        raise PetlError(f"{where}: PEFT passes prefixes as past key/values, which {kind}'s attention does not take")
+
+
+def check_exported_depth(model: nn.Module, adapter: PeftAdapter) -> None:
+    """An adapter petl-glue exported records the depth it was trained at (petl_export.json): a truncated
+    run's adapter on the full base (or the reverse) would run, on other layers, with other logits."""
+    from petl.peft_export import EXPORT_INFO_FILE
+
+    path = adapter.directory / EXPORT_INFO_FILE
+    try:
+        recorded = json.loads(path.read_text()).get("num_hidden_layers") if path.is_file() else None
+    except (json.JSONDecodeError, OSError, UnicodeDecodeError, AttributeError):
+        raise PetlError(f"{str(path)!r} is not readable JSON (petl-glue's export record); export the adapter again") from None
+    ours = int(model.config.num_hidden_layers)
+    if isinstance(recorded, int) and recorded != ours:
+        raise PetlError(
+            f"--load_peft {str(adapter.directory)!r} was exported from a model of {recorded} layers ({EXPORT_INFO_FILE}); "
+            f"this model has {ours}: pass --num_hidden_layers {recorded}"
+        )
+
+
 def load_peft(model: nn.Module, directory: str | os.PathLike, model_name_or_path: str | None = None) -> nn.Module:
     """Apply the petl-glue method equal to the PEFT adapter in `directory` to `model` (a stock HF
     sequence classifier, no methods applied yet) and copy PEFT's tensors in; returns the model.
     `model_name_or_path`: the base the caller loaded, compared with the adapter's (a warning)."""
     from safetensors.torch import load_file
 
-    from petl.arch import arch_for, attention_geometry, layer_module, num_layers
+    from petl.arch import arch_for, attention_geometry, input_embedding_width, layer_module, num_layers
     from petl.core import _owner, apply_petl, gathered
     from petl.merge import check_plain_hf_model
+    from petl.peft_export import unpack_prefix_table
     from petl.registry import make_config
     from petl.state import get_state
 
@@ -200,12 +286,14 @@ def load_peft(model: nn.Module, directory: str | os.PathLike, model_name_or_path
     if get_state(model).applied:
         raise PetlError(f"{where}: the model already carries PETL methods; load the adapter onto a fresh model")
     check_base_model(adapter, model_name_or_path)
+    check_adapter_supported(model, adapter)
+    check_exported_depth(model, adapter)
     tensors = load_file(str(adapter.directory / ADAPTER_WEIGHTS_FILE))
     outer = "base_model.model." if adapter.peft_type == "LORA" else "base_model."
     head = {k.removeprefix(outer): v for k, v in tensors.items() if k.startswith(outer) and ".lora_" not in k}
     ours: dict[str, torch.Tensor] = {}
     if adapter.peft_type == "LORA":
-        lora = {k.removeprefix(outer): v for k, v in tensors.items() if ".lora_" in k}
+        lora = _rooted(model, {k.removeprefix(outer): v for k, v in tensors.items() if ".lora_" in k})
         modules = {k.rsplit(".lora_", 1)[0] for k in lora}
         if not modules:
             raise PetlError(f"{where}: the LoRA adapter holds no lora_A/lora_B tensors")
@@ -230,16 +318,17 @@ def load_peft(model: nn.Module, directory: str | os.PathLike, model_name_or_path
                 )
             config = make_config("prefix", length=length, shift_positions=True)
         else:
-            if table.shape[1] != model.config.hidden_size:
-                raise PetlError(f"{where}: the prompt width is {table.shape[1]}; the model's hidden size is {model.config.hidden_size}")
+            if table.shape[1] != input_embedding_width(model):
+                raise PetlError(
+                    f"{where}: the prompt width is {table.shape[1]}; the model's token embeddings are {input_embedding_width(model)} wide"
+                )
             config = make_config("prompt", length=length, position="start")
     apply_petl(model, [config])
     if adapter.peft_type == "PREFIX_TUNING":
         names = {id(m): n for n, m in model.named_modules()}
-        for layer in range(num_layers(model)):
+        for layer, (key, value) in enumerate(unpack_prefix_table(table, num_layers(model))):
             name = names[id(layer_module(model, layer, arch_for(model).self_attn).prefix)]
-            ours[f"{name}.key"] = table[:, 2 * layer * width : (2 * layer + 1) * width]
-            ours[f"{name}.value"] = table[:, (2 * layer + 1) * width : (2 * layer + 2) * width]
+            ours[f"{name}.key"], ours[f"{name}.value"] = key, value
     elif adapter.peft_type == "PROMPT_TUNING":
         (prompt,) = [n for n, (method, _) in _owner(model).items() if method == "prompt"]
         ours[prompt] = table

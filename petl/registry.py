@@ -83,6 +83,13 @@ def option_field(method: str, name: str) -> Any:
     return field(default=options[name].default, metadata={"help": options[name].metadata.get("help", "")})
 
 
+def given_method_flags(petl_args: Any, given: Any) -> list[str]:
+    """The method option flags (`<flag_prefix>_<field>` fields of PetlArguments) among `given`, sorted: refused
+    where a saved delta or a loaded adapter fixes the method (--load_petl, --load_peft)."""
+    prefixes = {entry.flag_prefix for entry in METHODS.values()}
+    return sorted(f.name for f in fields(petl_args) if f.name.split("_", 1)[0] in prefixes and f.name in set(given))
+
+
 def nothing_to_fold(model: nn.Module) -> int:
     """`merge` and `unmerge` of methods that train the backbone's own weights (full, head, ffn): those
     weights are trained in place, so there is nothing to fold in or out; 0 modules changed."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import re
 
 import peft
 import pytest
@@ -21,6 +22,7 @@ from petl.cache import build_cache, cache_start_layer, run_from_layer
 from petl.core import apply_petl, load_petl, save_petl
 from petl.errors import PetlError
 from petl.models import PooledClassifier
+from petl.peft_export import unpack_prefix_table
 from petl.registry import METHODS, make_config
 from petl.state import get_state
 
@@ -369,6 +371,41 @@ def test_prompt_at_start_equals_peft_prompt_tuning(kind):
     assert torch.allclose(logits(ours), logits(theirs), atol=1e-5)
 
 
+@pytest.mark.parametrize("kind,overrides", [("albert", {}), ("electra", {"embedding_size": 16})])  # ELECTRA-small: 16 < hidden 32
+def test_prompt_exports_to_and_imports_from_peft_at_the_token_embeddings_width(tmp_path, kind, overrides):
+    """Prompts are as wide as the token embeddings (ALBERT's and ELECTRA-small's embedding_size), not hidden_size."""
+    from conftest import perturb
+
+    from petl.peft_export import export_peft
+    from petl.peft_import import load_peft
+
+    torch.manual_seed(0)
+    base = AutoModelForSequenceClassification.from_config(tiny_config(kind, **overrides)).eval()
+    base.save_pretrained(tmp_path / "base")
+    ours = apply_petl(clone(base), [make_config("prompt", length=3, position="start")])
+    perturb(ours, scale=0.2)
+    ours.eval()
+    export_peft(ours, tmp_path / "peft", str(tmp_path / "base"))
+    theirs = peft.PeftModel.from_pretrained(AutoModelForSequenceClassification.from_pretrained(tmp_path / "base"), tmp_path / "peft")
+    with torch.no_grad():
+        assert torch.allclose(logits(ours), logits(theirs.eval()), atol=1e-5)
+        assert torch.allclose(logits(load_peft(clone(base), tmp_path / "peft").eval()), logits(ours), atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["deberta-v2", "modernbert", "mpnet", "distilbert", "albert"])
+def test_load_peft_refuses_a_prefix_adapter_where_peft_prefix_cannot_run_naming_the_adapter(tmp_path, kind):
+    """Refused (deberta-v2, modernbert) or not runnable by PEFT (no past_key_values: mpnet, distilbert, albert):
+    one line in terms of --load_peft, not of a --method the user never gave."""
+    from petl.peft_import import load_peft
+
+    base = base_model(kind, pooled=False)
+    shape = dict(num_layers=base.config.num_hidden_layers, token_dim=H, num_attention_heads=2)
+    peft.get_peft_model(clone(base), peft.PrefixTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=2, **shape)).save_pretrained(tmp_path)
+    with pytest.raises(PetlError, match=f"^--load_peft .*: a PREFIX_TUNING adapter is not supported for {kind}: ") as err:
+        load_peft(base, tmp_path)
+    assert "--method" not in str(err.value) and "\n" not in str(err.value)
+
+
 PEFT_PREFIX = ["electra", "xlm-roberta", *DECODERS]  # attention with past_key_values: PEFT's prefix tuning applies
 
 
@@ -378,15 +415,14 @@ def test_prefix_with_shifted_positions_equals_peft_prefix_tuning(kind):
     p, layers = 2, base.config.num_hidden_layers
     theirs = peft.get_peft_model(clone(base), peft.PrefixTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=p)).eval()
     table = theirs.prompt_encoder["default"].embedding.weight.detach()  # (P, layers x (key, value) x key/value width)
-    width = table.shape[1] // (2 * layers)
     ours = apply_petl(clone(base), [make_config("prefix", length=p, shift_positions=True)])
     spec = arch_for(ours)
     with torch.no_grad():
-        for layer, block in enumerate(get_module(ours.base_model, spec.layers)):
+        for block, (key, value) in zip(get_module(ours.base_model, spec.layers), unpack_prefix_table(table, layers), strict=True):
             prefix = get_module(block, spec.self_attn).prefix
-            assert prefix.key.shape == (p, width)
-            prefix.key.copy_(table[:, (2 * layer) * width : (2 * layer + 1) * width])
-            prefix.value.copy_(table[:, (2 * layer + 1) * width : (2 * layer + 2) * width])
+            assert prefix.key.shape == (p, table.shape[1] // (2 * layers))
+            prefix.key.copy_(key)
+            prefix.value.copy_(value)
     ids, mask = batch()
     with torch.no_grad():
         if kind in DECODERS:  # PEFT 0.21's prefix forward passes use_cache twice to transformers 5.23's decoders: its own steps by hand
@@ -396,6 +432,21 @@ def test_prefix_with_shifted_positions_equals_peft_prefix_tuning(kind):
         else:
             reference = theirs(input_ids=ids, attention_mask=mask).logits
     assert torch.allclose(logits(ours), reference, atol=1e-5)
+
+
+ORACLE_ELSEWHERE = {  # tests/test_peft_oracle.py (and test_ia3.py for IA3 on BERT)
+    "bert": {"LoRA", "prefix", "prompt", "IA3"},
+    "roberta": {"LoRA"},
+    "gpt2": {"LoRA", "prefix", "prompt"},
+    "llama": {"LoRA", "prefix", "prompt"},
+}
+PEFT_TESTED = {  # the PEFT oracle tests each architecture has, here or elsewhere
+    kind: ORACLE_ELSEWHERE.get(kind, set())
+    | ({"LoRA"} if kind in PEFT_LORA else set())
+    | ({"prefix"} if kind in PEFT_PREFIX else set())
+    | ({"prompt"} if kind in KINDS else set())  # test_prompt_at_start_equals_peft_prompt_tuning
+    for kind in ARCHITECTURES
+}
 
 
 def test_readme_table_has_every_architecture_and_marks_exactly_the_refusals_tested_here():
@@ -419,6 +470,12 @@ def test_readme_table_has_every_architecture_and_marks_exactly_the_refusals_test
             assert cells[columns[method]].startswith("refused" if refused else "tested"), (kind, method, cells[columns[method]])
         cache = cells[columns["frozen-layer cache"]]
         assert cache.startswith("refused" if kind in CACHE_REFUSED else "tested"), (kind, cache)
+        # "equal to PEFT (tested)": exactly the pairs a PEFT oracle test here or in test_peft_oracle.py covers, and LoRA
+        # qualified where the oracle leaves out q, k, v (slots of a fused projection PEFT adapts as one matrix)
+        claims = [item.strip() for item in re.sub(r"\([^)]*\)", "", cells[columns["equal to PEFT (tested)"]]).split(",")]
+        assert {claim.split()[0] for claim in claims} == PEFT_TESTED[kind], (kind, claims)
+        if kind in PEFT_LORA and not set(PEFT_LORA[kind][0].split(",")) & {"q", "k", "v"}:
+            assert f"LoRA (on {PEFT_LORA[kind][0].replace(',', ', ')} only" in cells[columns["equal to PEFT (tested)"]], kind
 
 
 @pytest.mark.parametrize("kind", ["deberta-v2", "qwen2"])

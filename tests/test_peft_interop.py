@@ -10,7 +10,7 @@ import logging
 import peft
 import pytest
 import torch
-from conftest import clone, decoder_batch, perturb, run_glue_main, tiny_batch, tiny_decoder, tiny_model
+from conftest import DECODER_VOCAB, clone, decoder_batch, perturb, run_glue_main, tiny_batch, tiny_decoder, tiny_model
 from transformers import AutoModelForSequenceClassification
 
 from petl import load_peft, merge_and_unload
@@ -144,6 +144,20 @@ def test_import_from_peft_gives_peft_logits_and_trains_on_only_owned_tensors(tmp
     assert not torch.allclose(_logits(ours.eval(), kind), _logits(theirs, kind), atol=1e-4)
 
 
+def test_import_of_a_lora_made_on_the_bare_backbone_finds_its_layers_under_the_classifiers_root(tmp_path):
+    """PEFT on AutoModel names the layers `encoder.layer.0...`; the classifier has them under `bert.`."""
+    base = tiny_model("bert")
+    theirs = peft.get_peft_model(clone(base.bert), peft.LoraConfig(r=2, lora_alpha=4, target_modules=["query", "value"]))
+    perturb(theirs, scale=0.2)
+    theirs.save_pretrained(tmp_path / "adapter")
+    ours = load_peft(clone(base), tmp_path / "adapter").eval()
+    ids, mask = tiny_batch()
+    with torch.no_grad():
+        expected = theirs.eval()(input_ids=ids, attention_mask=mask).last_hidden_state
+        assert torch.allclose(ours.bert(input_ids=ids, attention_mask=mask).last_hidden_state, expected, atol=1e-5)
+        assert not torch.allclose(base.bert(input_ids=ids, attention_mask=mask).last_hidden_state, expected, atol=1e-3)
+
+
 def test_import_warns_when_the_adapter_names_another_base_and_refuses_other_shapes_or_depths(tmp_path, caplog):
     base, base_dir = _base("bert", tmp_path / "base")
     theirs = peft.get_peft_model(clone(base), IMPORTED["lora"]("bert"))
@@ -162,6 +176,22 @@ def test_import_warns_when_the_adapter_names_another_base_and_refuses_other_shap
         load_peft(tiny_model("bert", num_hidden_layers=2), tmp_path / "prefix")
 
 
+@pytest.mark.parametrize("method,options", [("prompt", {"length": 3, "position": "start"}), ("lora", {"targets": "q,v", "rank": 2})])
+def test_import_of_a_truncated_runs_export_refuses_a_base_of_another_depth(tmp_path, method, options):
+    """A prompt or an all-layer LoRA from 2 of 3 layers would run on the 3-layer base, silently otherwise."""
+    from petl.peft_export import base_provenance
+
+    _, base_dir = _base("bert", tmp_path / "base")
+    model = apply_petl(load_model(base_dir, 2, "model", num_hidden_layers=2), [make_config(method, **options)])
+    perturb(model, scale=0.2)
+    export_peft(model.eval(), tmp_path / "peft", base_dir, info=base_provenance(base_dir, base_dir, model))
+    refused = r"exported from a model of 2 layers \(petl_export.json\); this model has 3: pass --num_hidden_layers 2$"
+    with pytest.raises(PetlError, match=refused):
+        load_peft(load_model(base_dir, 2, "model"), tmp_path / "peft", base_dir)
+    back = load_peft(load_model(base_dir, 2, "model", num_hidden_layers=2), tmp_path / "peft", base_dir).eval()
+    assert torch.allclose(_logits(back, "bert"), _logits(model, "bert"), atol=1e-5)
+
+
 @pytest.mark.parametrize(
     "config,named",
     [
@@ -174,15 +204,27 @@ def test_import_warns_when_the_adapter_names_another_base_and_refuses_other_shap
         (lambda: peft.LoraConfig(task_type="SEQ_CLS", r=2, target_modules=["word_embeddings"]), "LoRA on bert.embeddings.word_embeddings"),
         (lambda: peft.LoraConfig(task_type="SEQ_CLS", r=2, target_modules=["query"], layers_to_transform=[0], rank_pattern={"query": 4}),
          "per-module ranks"),
+        # PiSSA also rewrites the base weights: PEFT's tensors alone do not give its logits
+        (lambda: peft.LoraConfig(task_type="SEQ_CLS", r=2, target_modules=["query"], init_lora_weights="pissa"),
+         "a LORA adapter with init_lora_weights='pissa'"),
+        # a setting outside the known-harmless keys, with a non-default value, is refused by its key
+        (lambda: {"some_future_option": 3}, "a LORA adapter with some_future_option=3"),
     ],
 )  # fmt: skip
 def test_import_refuses_adapters_it_cannot_compute_alike_in_one_line_naming_what_loads(tmp_path, config, named):
     base = tiny_model("bert")
-    peft.get_peft_model(clone(base), config()).save_pretrained(tmp_path / "adapter")
+    made = config()
+    if isinstance(made, dict):  # extra keys written into a plain LoRA adapter's config
+        plain = peft.LoraConfig(task_type="SEQ_CLS", r=2, target_modules=["query"])
+        peft.get_peft_model(clone(base), plain).save_pretrained(tmp_path / "adapter")
+        config_file = tmp_path / "adapter" / "adapter_config.json"
+        config_file.write_text(json.dumps({**json.loads(config_file.read_text()), **made}))
+    else:
+        peft.get_peft_model(clone(base), made).save_pretrained(tmp_path / "adapter")
     with pytest.raises(PetlError, match=named) as err:
         load_peft(clone(base), tmp_path / "adapter")
     assert "\n" not in str(err.value)
-    if "not supported" in named or "use_dora" in named:
+    if "not supported" in named or "a LORA adapter with" in named:
         assert "loadable: LORA (plain or rsLoRA), PREFIX_TUNING (without prefix_projection), PROMPT_TUNING" in str(err.value)
 
 
@@ -242,6 +284,24 @@ def test_merge_and_save_writes_a_plain_hf_model_with_the_same_logits_also_trunca
     assert json.loads((tmp_path / "merged" / MERGE_INFO_FILE).read_text())["num_hidden_layers"] == 2
     with pytest.raises(PetlError, match="not an empty folder"):  # a merged model never replaces another
         save_merged(apply_petl(tiny_model("bert"), [make_config("lora")]), tmp_path / "merged")
+
+
+def test_merge_and_save_of_a_truncated_qwen2_cuts_its_per_layer_config_lists(tmp_path):
+    """Qwen2's config lists a type per layer (layer_types), which transformers checks against the depth on save."""
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.for_model(
+        "qwen2", vocab_size=DECODER_VOCAB, hidden_size=32, num_hidden_layers=3, intermediate_size=64, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=64, num_labels=2, pad_token_id=1, bos_token_id=1, eos_token_id=1, use_cache=False,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    AutoModelForSequenceClassification.from_config(cfg).save_pretrained(tmp_path / "base")
+    model = load_model(str(tmp_path / "base"), 2, "model", num_hidden_layers=2)
+    assert len(model.config.layer_types) == 2
+    apply_petl(model, [make_config("lora", targets="q,v", rank=2)])
+    perturb(model, scale=0.2)
+    save_merged(model.eval(), tmp_path / "merged")
+    _assert_plain_reload(tmp_path / "merged", model, "llama", layers=2)
 
 
 def test_merge_and_unload_refuses_methods_that_cannot_be_folded_by_name(tmp_path):
