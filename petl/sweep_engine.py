@@ -142,6 +142,31 @@ def check_address(address: str) -> None:
             f"--ray_address {address!r}: no Ray cluster answers there ({reason}); start one with `ray start --head`, "
             "or drop the flag for a local Ray"
         ) from None
+    if not _gcs_answers(address, ADDRESS_TIMEOUT_S):
+        raise PetlError(
+            f"--ray_address {address!r}: something listens there, but no Ray GCS answers within {ADDRESS_TIMEOUT_S:g} s "
+            "(the dashboard port 8265 or the client port 10001 given instead of the head's GCS port, 6379 by default?)"
+        )
+
+
+def _gcs_answers(address: str, timeout: float) -> bool:
+    """Whether a Ray GCS at `address` answers a key-value read within `timeout` seconds. Ray's client
+    itself waits about 40 s for one, so the probe runs in a daemon thread that is abandoned if late."""
+    import threading
+
+    answered = threading.Event()
+
+    def probe() -> None:
+        try:
+            from ray._raylet import GcsClient
+
+            GcsClient(address=address).internal_kv_get(b"session_name", namespace=b"session", timeout=timeout)
+            answered.set()
+        except Exception:  # noqa: BLE001 - any failure means no GCS answered
+            pass
+
+    threading.Thread(target=probe, daemon=True, name="petl-gcs-probe").start()
+    return answered.wait(timeout)
 
 
 def start_ray(address: str | None) -> bool:

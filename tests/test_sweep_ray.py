@@ -264,3 +264,18 @@ def test_a_grid_cannot_give_cells_a_results_file_of_their_own(tmp_path, glue_dir
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "results_file is the sweep's own" in err[0], err
     assert not (tmp_path / "ray.jsonl").exists()
+
+
+def test_an_address_where_something_else_listens_is_one_line_within_seconds(tmp_path, glue_dir, capsys):
+    """A port that accepts TCP but is no Ray GCS (say the dashboard's 8265): ray.init would retry for a
+    minute and print Ray's own warnings; the probe answers in seconds."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        address = f"127.0.0.1:{server.getsockname()[1]}"
+        path = _grid(tmp_path, glue_dir, {"head": {"method": "head"}})
+        began = time.time()
+        assert main([path, "--ray_address", address]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no Ray GCS answers within" in err[0], err
+    assert time.time() - began < 20 and not (tmp_path / "ray.jsonl").exists()
