@@ -33,10 +33,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from petl.errors import PetlError, exit_status
+from petl.ray_runtime import check_address, trial_folder_name  # noqa: F401 - run_glue_hyper_search re-exports it
 
 logger = logging.getLogger("run_glue_hyper_search")  # the name users know from the log lines
-# the folder holding the petl package (the checkout, or site-packages when installed): Ray workers import it from there
-PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 
 
 @dataclass
@@ -240,27 +239,9 @@ def _as_declared(value, declared: str):
 def tune_report_callback(metric_key: str):
     """A Trainer callback that, after each checkpoint save (which follows an evaluation), reports
     the evaluation to Tune with the checkpoint folder: delta, optimizer, scheduler, trainer state."""
-    from transformers import TrainerCallback
+    from petl.ray_runtime import validation_reporter
 
-    class TuneReport(TrainerCallback):
-        def __init__(self):
-            self.last = None
-
-        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-            self.last = dict(metrics or {})
-
-        def on_save(self, args, state, control, **kwargs):
-            from ray import tune
-
-            if self.last is None or metric_key not in self.last:
-                return
-            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            report = {k: float(v) for k, v in self.last.items() if isinstance(v, (int, float))}
-            report.update(step=state.global_step, epoch=float(state.epoch or 0), objective=float(self.last[metric_key]))
-            tune.report(report, checkpoint=tune.Checkpoint.from_directory(str(folder)))
-            self.last = None
-
-    return TuneReport()
+    return validation_reporter(metric_key, with_checkpoint=True)
 
 
 def trial_settings(training_args, trial_dir: Path) -> dict:
@@ -317,14 +298,10 @@ def make_trainable(base_args: tuple, metric_key: str, logs_dir: Path | None = No
     return trainable
 
 
-def trial_folder_name(trial) -> str:
-    """Ray's own trial id, never the sampled values (which come from a user's space file)."""
-    return f"trial_{trial.trial_id}"
-
-
 def make_scheduler(search_args: SearchArguments, space: dict):
-    from ray.tune.schedulers import ASHAScheduler, PopulationBasedTraining
+    from ray.tune.schedulers import PopulationBasedTraining
 
+    from petl.ray_runtime import asha_scheduler
     from petl.search import mutations
 
     if search_args.search_scheduler == "pbt":
@@ -334,42 +311,34 @@ def make_scheduler(search_args: SearchArguments, space: dict):
             hyperparam_mutations=mutations(space) or None,
             quantile_fraction=0.5,
         )
-    return ASHAScheduler(time_attr="training_iteration", grace_period=1, reduction_factor=2)
+    return asha_scheduler()
 
 
-def start_ray(search_args: SearchArguments) -> None:
-    """A local Ray (or the cluster at --ray_address), seeded: PBT's exploit/explore decisions draw from
-    Python's random, trial sampling from the search algorithm (seeded in run_trials)."""
+def start_ray(search_args: SearchArguments) -> bool:
+    """A local Ray (or the cluster at --ray_address; petl/ray_runtime.py), seeded: PBT's exploit/explore
+    decisions draw from Python's random, trial sampling from the search algorithm (seeded in run_trials).
+    True if this call started Ray."""
     import random
 
     import numpy as np
-    import ray
+
+    from petl.ray_runtime import start_ray as start
 
     random.seed(search_args.search_seed)
     np.random.seed(search_args.search_seed)
-    # trials run in Ray workers, in their own folders: give them the package and the data location
-    env = {"PYTHONPATH": str(PACKAGE_ROOT), "TOKENIZERS_PARALLELISM": "false"}
-    if os.environ.get("GLUE_DIR"):
-        env["GLUE_DIR"] = os.environ["GLUE_DIR"]
-    ray.init(
-        address=search_args.ray_address,
-        include_dashboard=False,
-        log_to_driver=False,
-        ignore_reinit_error=True,
-        runtime_env={"env_vars": env},
-    )
+    return start(search_args.ray_address)
 
 
 def run_trials(base: tuple, space: dict, objective: Objective, search_args: SearchArguments, storage: Path, resumable: bool):
     """Ray Tune's trials (or, when `resumable`, the interrupted search in `storage` continued); their ResultGrid."""
-    import ray
     from ray import tune
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
+    from petl.ray_runtime import remove_tune_staging, stop_ray, tune_configs
     from petl.search import to_tune
 
     scheduler = make_scheduler(search_args, space)
-    start_ray(search_args)
+    started = start_ray(search_args)
     try:
         trainable = tune.with_resources(
             # storage is <output_dir>/ray
@@ -382,19 +351,14 @@ def run_trials(base: tuple, space: dict, objective: Objective, search_args: Sear
             tuner = tune.Tuner(
                 trainable,
                 param_space=to_tune(space),
-                tune_config=tune.TuneConfig(
-                    metric="objective",
+                **tune_configs(
+                    name="search",
+                    storage=storage,
                     mode=objective.mode,
                     scheduler=scheduler,
                     search_alg=BasicVariantGenerator(random_state=search_args.search_seed),
                     num_samples=search_args.search_trials,
-                    reuse_actors=False,
-                    trial_dirname_creator=trial_folder_name,
-                ),
-                run_config=tune.RunConfig(
-                    name="search",
-                    storage_path=str(storage),
-                    failure_config=tune.FailureConfig(max_failures=search_args.max_failures),
+                    max_failures=search_args.max_failures,
                     # PBT exploits may restore any trial's latest checkpoint at any time: keep them all
                     # (delta-only, so small); ASHA never restores across trials
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=None if search_args.search_scheduler == "pbt" else 2),
@@ -403,10 +367,8 @@ def run_trials(base: tuple, space: dict, objective: Objective, search_args: Sear
             )
         return tuner.fit()
     finally:
-        from petl.sweep_engine import remove_tune_staging
-
         remove_tune_staging("search")
-        ray.shutdown()
+        stop_ray(started)
 
 
 def collect_trials(grid, mode: str) -> list[dict]:
@@ -465,6 +427,8 @@ def run_search(argv: list[str] | None = None) -> dict:
     out_dir = out_dir.resolve()
     # what the search and its local Ray workers write is writable by no one else, so --resume can trust it
     os.umask(os.umask(0o022) | 0o022)
+    if search_args.ray_address:  # one line within seconds, before the folder is made
+        check_address(search_args.ray_address)
     resumable = prepare_search_folder(out_dir, search_args, training_args.overwrite_output_dir)
     base = with_absolute_paths(tuple(arguments))
 

@@ -108,6 +108,7 @@ from petl.tune_cells import TuneSpec, choose, tune_for_method
 
 logger = logging.getLogger("petl.sweep")
 
+
 def parse_shard(spec: str | None) -> tuple[int, int]:
     """'K/N' -> (K, N) with 0 <= K < N; None -> the whole grid."""
     if spec is None:
@@ -231,6 +232,8 @@ def run_sweep(grid_path: str, results: str | None = None, output_dir: str | None
         raise PetlError(f"--max_retries {max_retries} is invalid; allowed: >= 0")
     cpus, gpus, resource_source = _resources(grid, grid_path, cpus_per_cell, gpus_per_cell)
     tunes = method_tunes(grid, grid_path)
+    from petl.ray_runtime import stop_ray
+
     engine, started_ray = None, False
     if use_ray and not dry_run and not results_path.exists():  # a new sweep: Ray starts, and its workers import, while the driver plans
         engine, started_ray = _ray_engine(ray_address, cpus, gpus, resource_source)
@@ -238,28 +241,23 @@ def run_sweep(grid_path: str, results: str | None = None, output_dir: str | None
         return _sweep(grid, grid_path, results_path, out, shard, dry_run, retry_failed, max_cells, tunes, engine, use_ray,
                       ray_address, (cpus, gpus, resource_source), max_retries, keep_trials)  # fmt: skip
     finally:
-        if started_ray:
-            import ray
-
-            ray.shutdown()
+        stop_ray(started_ray)
 
 
 def _ray_engine(ray_address: str | None, cpus: float, gpus: float, resource_source: dict[str, str]):
     """(a RayEngine whose workers are already importing the training code, whether this call started Ray)."""
-    from petl import sweep_engine
+    from petl import ray_runtime
+    from petl.sweep_engine import RayEngine
 
-    started = sweep_engine.start_ray(ray_address)
+    started = ray_runtime.start_ray(ray_address)
     try:
         if resource_source["cpus_per_cell"] == "default":  # the default never asks for more than a node has
-            cpus = min(cpus, max(1.0, sweep_engine.largest_node()["CPU"]))
-        sweep_engine.check_resources(cpus, gpus, resource_source)
-        engine = sweep_engine.RayEngine(cpus, gpus)
+            cpus = min(cpus, max(1.0, ray_runtime.largest_node()["CPU"]))
+        ray_runtime.check_resources(cpus, gpus, resource_source)
+        engine = RayEngine(cpus, gpus)
         engine.warm_up()
     except BaseException:
-        if started:
-            import ray
-
-            ray.shutdown()
+        ray_runtime.stop_ray(started)
         raise
     return engine, started
 
@@ -322,6 +320,7 @@ def _sweep(grid: dict, grid_path: str, results_path: Path, out: Path, shard: str
     check_appendable(results_path)
 
     from petl import sweep_engine
+    from petl.ray_runtime import stop_ray
 
     started_ray = False
     if engine is None:
@@ -338,10 +337,7 @@ def _sweep(grid: dict, grid_path: str, results_path: Path, out: Path, shard: str
         driver.run()
     finally:
         engine.close()
-        if started_ray:
-            import ray
-
-            ray.shutdown()
+        stop_ray(started_ray)
     print(f"sweep {grid['name']}: ran {driver.ran} cells ({driver.failed} failed, {driver.retries} retried after a lost worker); "
           f"results in {results_path}")  # fmt: skip
     return {"cells": total, "to_run": len(todo) + pending_finals, "ran": driver.ran, "failed": driver.failed}

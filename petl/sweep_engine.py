@@ -18,21 +18,16 @@ from __future__ import annotations
 import math
 import os
 import signal
-import socket
 import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from petl.errors import PetlError
+from petl.ray_runtime import largest_node
 
 KILL_ONCE_ENV = "PETL_SWEEP_TEST_KILL_ONCE"
 DEFAULT_CPUS_PER_CELL = 2.0  # 2 threads a cell: on 2 cores one cell at a time (faster than two 1-thread cells, measured)
-ADDRESS_TIMEOUT_S = 5.0
-# the folder holding the petl package (the checkout, or site-packages when installed): Ray workers import it from there
-PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 
 
 # bulky or location-bound parts of a run record, left out of a sweep's JSONL (results.json keeps them)
@@ -124,114 +119,6 @@ class LocalEngine:
 
     def close(self) -> None:
         pass
-
-
-def check_address(address: str) -> None:
-    """HOST:PORT must answer within seconds (ray.init would wait far longer); `auto` is checked by ray.init."""
-    if address == "auto":
-        return
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
-        raise PetlError(f"--ray_address {address!r}: expected auto or HOST:PORT of a Ray head node (its GCS port, 6379 by default)")
-    try:
-        with socket.create_connection((host, int(port)), timeout=ADDRESS_TIMEOUT_S):
-            pass
-    except OSError as err:
-        reason = "timed out" if isinstance(err, socket.timeout) else (err.strerror or str(err))
-        raise PetlError(
-            f"--ray_address {address!r}: no Ray cluster answers there ({reason}); start one with `ray start --head`, "
-            "or drop the flag for a local Ray"
-        ) from None
-    if not _gcs_answers(address, ADDRESS_TIMEOUT_S):
-        raise PetlError(
-            f"--ray_address {address!r}: something listens there, but no Ray GCS answers within {ADDRESS_TIMEOUT_S:g} s "
-            "(the dashboard port 8265 or the client port 10001 given instead of the head's GCS port, 6379 by default?)"
-        )
-
-
-def _gcs_answers(address: str, timeout: float) -> bool:
-    """Whether a Ray GCS at `address` answers a key-value read within `timeout` seconds. Ray's client
-    itself waits about 40 s for one, so the probe runs in a daemon thread that is abandoned if late."""
-    import threading
-
-    answered = threading.Event()
-
-    def probe() -> None:
-        try:
-            from ray._raylet import GcsClient
-
-            GcsClient(address=address).internal_kv_get(b"session_name", namespace=b"session", timeout=timeout)
-            answered.set()
-        except Exception:  # noqa: BLE001 - any failure means no GCS answered
-            pass
-
-    threading.Thread(target=probe, daemon=True, name="petl-gcs-probe").start()
-    return answered.wait(timeout)
-
-
-def start_ray(address: str | None) -> bool:
-    """Connect to the cluster at `address`, or start an embedded local Ray; True if this call started
-    the connection (and so shuts it down at the end). An already initialised Ray is used as it is."""
-    import ray
-
-    if address:
-        check_address(address)
-    if ray.is_initialized():
-        return False
-    # RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO: a cell given no GPU sees none (Ray otherwise leaves CUDA_VISIBLE_DEVICES
-    # alone for 0-GPU tasks, and every cell on a GPU node would land on cuda:0 unaccounted)
-    env = {"PYTHONPATH": str(PACKAGE_ROOT), "TOKENIZERS_PARALLELISM": "false", "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "1"}
-    for name in ("GLUE_DIR", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME"):
-        if os.environ.get(name):
-            env[name] = os.environ[name]
-    try:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env},
-                 logging_level="ERROR", configure_logging=True)  # fmt: skip
-    except ConnectionError as err:
-        raise PetlError(f"--ray_address {address!r}: {str(err).splitlines()[0]}; start one with `ray start --head`") from None
-    return True
-
-
-def remove_tune_staging(experiment_name: str) -> None:
-    """Ray Tune stages each experiment (trial working folders, driver artifacts) under the Ray session's
-    temp folder, /tmp/ray/session_*/artifacts/<time>/<name>, besides the storage_path it syncs to: remove
-    that copy once the experiment is done, so nothing of a sweep or search stays in the system temp folder."""
-    import shutil
-
-    from ray._private import worker
-
-    node = worker._global_node
-    if node is None:
-        return
-    for folder in (Path(node.get_session_dir_path()) / "artifacts").glob(f"*/{experiment_name}"):
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-def largest_node() -> dict[str, float]:
-    """The CPUs and GPUs of the cluster's largest alive node: a task runs on one node."""
-    import ray
-
-    best = {"CPU": 0.0, "GPU": 0.0}
-    for node in ray.nodes():
-        if node.get("Alive"):
-            res = node.get("Resources", {})
-            for key in best:
-                best[key] = max(best[key], float(res.get(key, 0.0)))
-    return best
-
-
-def check_resources(cpus: float, gpus: float, where: dict[str, str]) -> None:
-    """Refuse a cell that no node of the cluster can hold, before anything is submitted or written."""
-    import ray
-
-    node = largest_node()
-    total = ray.cluster_resources()
-    for key, asked, name in (("CPU", cpus, "cpus_per_cell"), ("GPU", gpus, "gpus_per_cell")):
-        if asked > node[key] + 1e-9:
-            raise PetlError(
-                f"{name} {asked:g} ({where[name]}): no node of the Ray cluster has that many {key}s (largest node: {node[key]:g}, "
-                f"cluster: {float(total.get(key, 0.0)):g}); allowed: at most {node[key]:g}"
-            )
 
 
 class RayEngine:

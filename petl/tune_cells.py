@@ -19,9 +19,12 @@ the chosen values train on every other seed.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
+import shutil
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from petl.errors import PetlError
@@ -75,8 +78,10 @@ def parse_tune(block: Any, where: str) -> TuneSpec | None:
         raise PetlError(f"{where}: tune names no argument; give e.g. learning_rate: [1.0e-4, 1.0e-3]")
     for name in names:
         if name in EVALUATION_ARGUMENTS:
-            raise PetlError(f"{where}: tune: {name!r} decides what the candidates are scored on, so their scores could not "
-                            "be compared (or would read the test split); tune what trains: learning_rate, head_lr, method options")
+            raise PetlError(
+                f"{where}: tune: {name!r} decides what the candidates are scored on, so their scores could not "
+                "be compared (or would read the test split); tune what trains: learning_rate, head_lr, method options"
+            )
     as_space = {}
     for name, value in names.items():
         if isinstance(value, list):
@@ -141,28 +146,17 @@ def values_key(values: dict) -> str:
 # ---- groups with distributions or ASHA: one Ray Tune search per group, on the first seed -------------------
 
 
-def _report_callback(metric: str):
-    """Each evaluation's validation score to Tune (ASHA stops poor candidates on them)."""
-    from transformers import TrainerCallback
-
-    class ReportValidation(TrainerCallback):
-        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-            from ray import tune
-
-            value = (metrics or {}).get(f"eval_{metric}")
-            if value is not None:
-                tune.report({"objective": float(value), "step": state.global_step})
-
-    return ReportValidation()
-
-
-def _task_metric(task: str) -> tuple[str, str]:
-    """The task's selection metric and its direction: what the candidates report to Tune."""
+def _selection_metric(run_values: dict, task: str) -> tuple[str, str]:
+    """The metric the candidates report to Tune (what ASHA stops on) and its direction: the run's own
+    metric_for_best_model where the grid sets one, else the task's selection metric."""
     from petl.metrics import greater_is_better, selection_metric
     from petl.tasks import get_task
 
-    info = get_task(task)
-    metric = selection_metric(info.name, bool(info.is_regression))
+    metric = run_values.get("metric_for_best_model")
+    if not metric:
+        info = get_task(task)
+        metric = selection_metric(info.name, bool(info.is_regression))
+    metric = metric.removeprefix("eval_")
     return metric, "max" if greater_is_better(metric) else "min"
 
 
@@ -179,14 +173,10 @@ def run_tune_groups(driver, groups: list, cpus: float, gpus: float, ray_address:
     side by side), recorded through the driver; a group whose candidates are all recorded under the
     same search key is not searched again. Tune's folders go to <output_dir>/ray/tune-<key>, removed
     after the search unless `keep_trials`."""
-    import contextlib
-    import shutil
     from dataclasses import replace
 
-    import ray
-
     from petl.grid import record_base
-    from petl.sweep_engine import start_ray
+    from petl.ray_runtime import start_ray, stop_ray
 
     started = start_ray(ray_address)
     try:
@@ -203,7 +193,11 @@ def run_tune_groups(driver, groups: list, cpus: float, gpus: float, ray_address:
                     group.candidates.append(cell)
                     group.finished[cell.cell_id] = rec
                 continue
-            results = _tune_search(driver, seed_cell, group.spec, key, cpus, gpus)
+            try:
+                results = _tune_search(driver, seed_cell, group.spec, key, cpus, gpus)
+            finally:
+                if not keep_trials:
+                    remove_search_folders(driver.out, key)
             cells = []
             for result in results:
                 values = {k: result.config[k] for k in (*group.spec.values, *group.spec.space)}
@@ -225,13 +219,15 @@ def run_tune_groups(driver, groups: list, cpus: float, gpus: float, ray_address:
                 entry["tune_search"] = key
                 entry.setdefault("attempts", 1)
                 driver.finish(cell, entry)
-            if not keep_trials:
-                shutil.rmtree(driver.out / "ray" / f"tune-{key}", ignore_errors=True)
-                with contextlib.suppress(OSError):
-                    (driver.out / "ray").rmdir()  # when no other search's folder is kept there
     finally:
-        if started:
-            ray.shutdown()
+        stop_ray(started)
+
+
+def remove_search_folders(out: Path, key: str) -> None:
+    """A group's Tune folder, <output_dir>/ray/tune-<key>, and <output_dir>/ray once empty."""
+    shutil.rmtree(out / "ray" / f"tune-{key}", ignore_errors=True)
+    with contextlib.suppress(OSError):
+        (out / "ray").rmdir()  # when no other search's folder is kept there
 
 
 def _tune_search(driver, seed_cell, spec: TuneSpec, key: str, cpus: float, gpus: float):
@@ -240,14 +236,15 @@ def _tune_search(driver, seed_cell, spec: TuneSpec, key: str, cpus: float, gpus:
     from dataclasses import replace
 
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.schedulers import FIFOScheduler
 
     from petl.grid import record_base, run_values
+    from petl.ray_runtime import asha_scheduler, remove_tune_staging, tune_configs, validation_reporter
     from petl.search import to_tune
-    from petl.sweep_engine import CellJob, remove_tune_staging, run_cell
+    from petl.sweep_engine import CellJob, run_cell
 
     grid, cwd = driver.grid, os.getcwd()
-    metric, mode = _task_metric(seed_cell.task)
+    metric, mode = _selection_metric(run_values(grid, seed_cell, driver.out), seed_cell.task)
     threads = max(1, int(cpus))
     param_space = to_tune({**{k: {"choice": v} for k, v in spec.values.items()}, **spec.space})
 
@@ -256,19 +253,22 @@ def _tune_search(driver, seed_cell, spec: TuneSpec, key: str, cpus: float, gpus:
         trial = tune.get_context().get_trial_id()
         cell = replace(seed_cell, arguments={**seed_cell.arguments, **values}, tune_role="candidate", candidate=values, trial=trial)
         job = CellJob(cell, run_values(grid, cell, driver.out), record_base(grid, cell))
-        entry = run_cell(job, threads=threads, cwd=cwd, callbacks=[_report_callback(metric)])
+        entry = run_cell(job, threads=threads, cwd=cwd, callbacks=[validation_reporter(f"eval_{metric}")])
         score = validation_score(entry)
         tune.report({"objective": float("nan") if score is None else score, "record_json": json.dumps(entry, default=str)})
 
-    asha = spec.scheduler == "asha"
-    scheduler = ASHAScheduler(time_attr="training_iteration", grace_period=1, reduction_factor=2) if asha else FIFOScheduler()
+    scheduler = asha_scheduler() if spec.scheduler == "asha" else FIFOScheduler()
     tuner = tune.Tuner(
         tune.with_resources(trainable, {"cpu": cpus, "gpu": gpus}),
         param_space=param_space,
-        tune_config=tune.TuneConfig(metric="objective", mode=mode, scheduler=scheduler, num_samples=spec.trials, reuse_actors=False,
-                                    trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}"),  # fmt: skip
-        run_config=tune.RunConfig(name=f"tune-{key}", storage_path=str(driver.out / "ray"), verbose=0,
-                                  failure_config=tune.FailureConfig(max_failures=driver.max_retries)),  # fmt: skip
+        **tune_configs(
+            name=f"tune-{key}",
+            storage=driver.out / "ray",
+            mode=mode,
+            scheduler=scheduler,
+            num_samples=spec.trials,
+            max_failures=driver.max_retries,
+        ),
     )
     try:
         return list(tuner.fit())

@@ -279,3 +279,36 @@ def test_an_address_where_something_else_listens_is_one_line_within_seconds(tmp_
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no Ray GCS answers within" in err[0], err
     assert time.time() - began < 20 and not (tmp_path / "ray.jsonl").exists()
+
+
+def test_a_tune_search_with_asha_records_candidates_and_leaves_no_folders(tmp_path, glue_dir, local_ray):
+    """A `tune:` block with a distribution and ASHA runs one Ray Tune search on seed 1 (real trainings):
+    each trial is a candidate record (finished or stopped by ASHA), the validation-best one is seed 1's
+    final, seed 2 trains with its values, and neither <output_dir>/ray nor Ray's staging copy is left."""
+    from ray._private import worker
+
+    arguments = {"glue_dir": str(glue_dir), **ARGUMENTS, "metric_for_best_model": "f1", "eval_strategy": "steps", "eval_steps": 1}
+    tune = {"learning_rate": {"loguniform": [1e-4, 1e-2]}, "trials": 2, "scheduler": "asha"}
+    path = _grid(tmp_path, glue_dir, {"head": {"method": "head"}}, seeds=[1, 2], arguments=arguments, tune=tune)
+    assert run_sweep(path, use_ray=True, cpus_per_cell=1)["failed"] == 0
+    records = list(_records(tmp_path).values())
+    candidates = [r for r in records if r.get("tune_role") == "candidate"]
+    finals = {r["seed"]: r for r in records if r.get("tune_role") == "final"}
+    assert len(candidates) == 2 and {r["status"] for r in candidates} <= {"ok", "stopped"}
+    assert all(r["tune_search"] and "/trial=" in r["cell_id"] for r in candidates)
+    assert sorted(finals) == [1, 2] and finals[1]["tune"]["metric"] == "f1" and finals[1]["tune"]["split"] == "validation"
+    chosen = finals[1]["tune"]["chosen"]["learning_rate"]
+    assert finals[2]["run_arguments"]["learning_rate"] == chosen and finals[1]["reused_from"] == finals[1]["tune"]["chosen_cell_id"]
+    assert not (tmp_path / "out" / "ray").exists()
+    session = Path(worker._global_node.get_session_dir_path())
+    assert not list((session / "artifacts").glob("*/tune-*"))
+    assert run_sweep(path, use_ray=True, cpus_per_cell=1)["ran"] == 0  # resumed: the search is not run again
+
+
+def test_tune_candidates_report_the_grids_own_selection_metric():
+    """ASHA stops candidates on what the run selects by: the grid's metric_for_best_model, else the task's."""
+    from petl.tune_cells import _selection_metric
+
+    assert _selection_metric({}, "mrpc") == ("f1", "max")  # the task's own
+    assert _selection_metric({"metric_for_best_model": "accuracy"}, "mrpc") == ("accuracy", "max")  # the grid's wins
+    assert _selection_metric({"metric_for_best_model": "eval_loss"}, "mrpc") == ("loss", "min")
