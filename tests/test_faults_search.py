@@ -131,6 +131,7 @@ def test_bad_search_flags_and_metric(tmp_path, glue_dir, capsys):
         (["--lora_rank", "abc"], "argument --lora_rank: invalid int value: 'abc'"),  # one line, no usage text
         (["--adapter_dim", "64"], "--adapter_dim was given but --method 'lora' does not use it"),  # even at its default
         (["--lora_alpha", "nan"], "--lora_alpha nan is not a finite number"),
+        (["--ray_address", "127.0.0.1:1"], "--ray_address '127.0.0.1:1': no Ray cluster answers there"),  # before the folder
     ]:
         assert run_glue_hyper_search.main(_argv(glue_dir, out, *extra)) == 2
         assert message in _one_error_line(capsys)
