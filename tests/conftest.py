@@ -194,3 +194,26 @@ def perturbed_petl_model(arch: str, method: str, options: dict) -> torch.nn.Modu
     perturb(model)  # trained-looking parameters: a comparison cannot pass on an identity method
     model.eval()
     return model
+
+
+def write_grid(folder: Path, glue_dir: Path, name: str, arguments: dict, methods: dict, **extra) -> str:
+    """A MiniLM sweep grid on MRPC (seed 1, layers 0-1) written to folder/grid.json; its results go to
+    folder/<name>.jsonl and its cells under folder/out. `extra` replaces any top-level key."""
+    import json
+
+    grid = {
+        "name": name,
+        "results": str(folder / f"{name}.jsonl"),
+        "output_dir": str(folder / "out"),
+        "model_name_or_path": "minilm-l6",
+        "tasks": ["mrpc"],
+        "seeds": [1],
+        "layers": [0, 1],
+        "arguments": {"glue_dir": str(glue_dir), **arguments},
+        "methods": methods,
+        **extra,
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "grid.json"
+    path.write_text(json.dumps(grid))
+    return str(path)

@@ -13,7 +13,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import REPO, collate, perturbed_petl_model, run_glue_main, token_dataset
+from conftest import REPO, collate, perturbed_petl_model, run_glue_main, token_dataset, write_grid
 
 import petl.experiment
 import petl.models
@@ -156,20 +156,8 @@ def cells(monkeypatch) -> list[tuple[str, list[str], str]]:
 
 
 def _grid(tmp_path, glue_dir, arguments: dict | None = None, lora: dict | None = None) -> str:
-    grid = {
-        "name": "tb",
-        "results": str(tmp_path / "tb.jsonl"),
-        "output_dir": str(tmp_path / "out"),
-        "model_name_or_path": "minilm-l6",
-        "tasks": ["mrpc"],
-        "seeds": [1],
-        "arguments": {"glue_dir": str(glue_dir), "num_hidden_layers": 2, **(arguments or {})},
-        "methods": {"lora": {"method": "lora", **(lora or {})}, "head": {"method": "head"}},
-    }
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    path = tmp_path / "grid.json"
-    path.write_text(json.dumps(grid))
-    return str(path)
+    methods = {"lora": {"method": "lora", **(lora or {})}, "head": {"method": "head"}}
+    return write_grid(tmp_path, glue_dir, "tb", {"num_hidden_layers": 2, **(arguments or {})}, methods)
 
 
 def test_report_to_in_a_grid_reaches_every_cell_and_in_a_method_its_cells(tmp_path, glue_dir, cells):

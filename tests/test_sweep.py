@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import write_grid
 
 from petl.errors import PetlError
 from petl.report import baseline_score, glue_table, write_report
@@ -12,35 +13,16 @@ from petl.sweep import expand_cells, load_grid, main, run_sweep
 
 
 def _grid(tmp_path, glue_dir, **extra) -> str:
-    grid = {
-        "name": "tiny",
-        "results": str(tmp_path / "tiny.jsonl"),
-        "output_dir": str(tmp_path / "out"),
-        "model_name_or_path": "minilm-l6",
-        "tasks": ["mrpc"],
-        "seeds": [1],
-        "layers": [0, 1],
-        "arguments": {
-            "glue_dir": str(glue_dir),
-            "num_hidden_layers": 2,
-            "pooler_type": "avg",
-            "split_mode": "heldout",
-            "max_train_samples": 96,
-            "max_eval_samples": 64,
-            "num_train_epochs": 1,
-            "learning_rate": 1e-3,
-            "per_device_train_batch_size": 16,
-        },  # fmt: skip
-        "methods": {
-            "lora": {"method": "lora", "lora_layers": "{layer}"},
-            "raw": {"method": "head", "num_hidden_layers": "{next}", "layers": [1]},
-            "adapter-dim": {"method": "pfeiffer", "adapter_layers": "1", "adapter_dim": [1, 4]},
-            **extra,
-        },
+    """Three methods (two layers, one raw head at layer 1, an adapter-width axis); `extra` adds methods."""
+    arguments = {"num_hidden_layers": 2, "pooler_type": "avg", "split_mode": "heldout", "max_train_samples": 96,
+                 "max_eval_samples": 64, "num_train_epochs": 1, "learning_rate": 1e-3, "per_device_train_batch_size": 16}  # fmt: skip
+    methods = {
+        "lora": {"method": "lora", "lora_layers": "{layer}"},
+        "raw": {"method": "head", "num_hidden_layers": "{next}", "layers": [1]},
+        "adapter-dim": {"method": "pfeiffer", "adapter_layers": "1", "adapter_dim": [1, 4]},
+        **extra,
     }
-    path = tmp_path / "grid.json"
-    path.write_text(json.dumps(grid))
-    return str(path)
+    return write_grid(tmp_path, glue_dir, "tiny", arguments, methods)
 
 
 def test_grid_expands_layers_settings_and_seeds(tmp_path, glue_dir):

@@ -4,13 +4,13 @@ bad addresses / resources / tune blocks are one-line errors, and the frozen-laye
 
 from __future__ import annotations
 
-import json
 import socket
 import threading
 import time
 from pathlib import Path
 
 import pytest
+from conftest import write_grid
 
 from petl.results import read_jsonl
 from petl.sweep import main, run_sweep
@@ -36,22 +36,10 @@ SIX_CELLS = {
 
 
 def _grid(folder: Path, glue_dir, methods: dict, **extra) -> str:
-    grid = {
-        "name": "ray",
-        "results": str(folder / "ray.jsonl"),
-        "output_dir": str(folder / "out"),
-        "model_name_or_path": "minilm-l6",
-        "tasks": ["mrpc"],
-        "seeds": [1],
-        "layers": [0, 1],
-        "arguments": {"glue_dir": str(glue_dir), **ARGUMENTS},
-        "methods": methods,
-        **extra,
-    }
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "grid.json"
-    path.write_text(json.dumps(grid))
-    return str(path)
+    arguments = extra.pop("arguments", None)
+    if arguments is not None:
+        arguments = {k: v for k, v in arguments.items() if k != "glue_dir"}
+    return write_grid(folder, glue_dir, "ray", ARGUMENTS if arguments is None else arguments, methods, **extra)
 
 
 def _records(folder: Path) -> dict[str, dict]:
@@ -287,6 +275,8 @@ def test_a_tune_search_with_asha_records_candidates_and_leaves_no_folders(tmp_pa
     final, seed 2 trains with its values, and neither <output_dir>/ray nor Ray's staging copy is left."""
     from ray._private import worker
 
+    if not ray.is_initialized():  # an earlier test of the module (the two-node cluster) shut the module's Ray down
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     arguments = {"glue_dir": str(glue_dir), **ARGUMENTS, "metric_for_best_model": "f1", "eval_strategy": "steps", "eval_steps": 1}
     tune = {"learning_rate": {"loguniform": [1e-4, 1e-2]}, "trials": 2, "scheduler": "asha"}
     path = _grid(tmp_path, glue_dir, {"head": {"method": "head"}}, seeds=[1, 2], arguments=arguments, tune=tune)
