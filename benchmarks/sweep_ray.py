@@ -1,11 +1,12 @@
 #!/usr/bin/env python
 """A sweep through Ray, one cell at a time, against the sequential in-process sweep (`--no_ray`).
 
-    python benchmarks/sweep_ray.py                    # 12 MiniLM-L6 cells, 2 rounds, ~7 min on an idle 2-core machine
-    python benchmarks/sweep_ray.py --rounds 1 --max_train_samples 64    # quick look
+    python benchmarks/sweep_ray.py                    # 12 MiniLM-L6 cells of a study's size, 2 rounds, ~15 min (idle 2 cores)
+    python benchmarks/sweep_ray.py --rounds 1 --max_train_samples 64 --epochs 1 --max_eval_samples 64   # quick look
 
-The grid: MRPC and RTE x LoRA at each of MiniLM-L6's 6 layers (12 cells), 200 training examples, one
-epoch, the frozen-layer cache on disk as in any sweep. Each pass is the whole command
+The grid: MRPC and RTE x LoRA at each of MiniLM-L6's 6 layers (12 cells), 400 training examples, two
+epochs, the whole validation and test halves (cells of 10-30 s, as in sweeps/study_minilm.yaml), the
+frozen-layer cache on disk as in any sweep. Each pass is the whole command
 (`python -m petl.sweep GRID ...` in a fresh process, fresh output folder and results file), so Ray's
 start-up, its worker's imports and the task hand-offs are all in the Ray pass's wall time. Ray runs
 with `--cpus_per_cell` = every core of this machine, i.e. one cell at a time with as many torch threads
@@ -34,7 +35,8 @@ REPO = Path(__file__).resolve().parent.parent
 TARGET_RATIO = 1.10
 
 
-def grid(folder: Path, glue_dir: str, max_train_samples: int) -> Path:
+def grid(folder: Path, glue_dir: str, max_train_samples: int, epochs: int, max_eval_samples: int | None) -> Path:
+    evaluation = {"max_eval_samples": max_eval_samples} if max_eval_samples else {}
     spec = {
         "name": "bench_sweep_ray",
         "results": str(folder / "results.jsonl"),
@@ -43,8 +45,15 @@ def grid(folder: Path, glue_dir: str, max_train_samples: int) -> Path:
         "tasks": ["mrpc", "rte"],
         "seeds": [1],
         "layers": "all",
-        "arguments": {"glue_dir": glue_dir, "split_mode": "heldout", "max_train_samples": max_train_samples, "max_eval_samples": 64,
-                      "num_train_epochs": 1, "learning_rate": 1e-3, "per_device_train_batch_size": 16},  # fmt: skip
+        "arguments": {
+            "glue_dir": glue_dir,
+            "split_mode": "heldout",
+            "max_train_samples": max_train_samples,
+            **evaluation,
+            "num_train_epochs": epochs,
+            "learning_rate": 1e-3,
+            "per_device_train_batch_size": 16,
+        },  # fmt: skip
         "methods": {"lora": {"method": "lora", "lora_layers": "{layer}"}},
     }
     folder.mkdir(parents=True, exist_ok=True)
@@ -53,9 +62,9 @@ def grid(folder: Path, glue_dir: str, max_train_samples: int) -> Path:
     return path
 
 
-def one_pass(kind: str, work: Path, glue_dir: str, max_train_samples: int, cpus: int) -> dict:
+def one_pass(kind: str, work: Path, args, cpus: int) -> dict:
     folder = work / f"{kind}-{time.time_ns()}"
-    path = grid(folder, glue_dir, max_train_samples)
+    path = grid(folder, args.glue_dir, args.max_train_samples, args.epochs, args.max_eval_samples)
     flags = ["--no_ray"] if kind == "sequential" else ["--cpus_per_cell", str(cpus)]
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}  # Ray on the loopback
     began = time.perf_counter()
@@ -89,7 +98,9 @@ def cpu_model() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=2, help="pairs of passes (each pair: both kinds, order alternating)")
-    parser.add_argument("--max_train_samples", type=int, default=200)
+    parser.add_argument("--max_train_samples", type=int, default=400)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--max_eval_samples", type=int, default=0, help="0: the whole validation and test halves")
     parser.add_argument("--glue_dir", default=os.environ.get("GLUE_DIR", str(REPO.parent / "shared" / "data" / "glue")))
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "sweep_ray_cpu.json"))
     args = parser.parse_args()
@@ -101,9 +112,14 @@ def main() -> None:
         for r in range(args.rounds):
             order = ["sequential", "ray"] if r % 2 == 0 else ["ray", "sequential"]
             for kind in order:
-                passes.append(one_pass(kind, Path(work), args.glue_dir, args.max_train_samples, cpus))
+                passes.append(one_pass(kind, Path(work), args, cpus))
                 print(f"round {r + 1} {kind}: {passes[-1]['wall_seconds']:.1f} s", flush=True)
             write_result(args, cpus, load_before, passes, r + 1)  # after every round: a cut-short run still reports
+
+
+def mean_cell_seconds(passes: list[dict], kind: str) -> float:
+    mine = [p for p in passes if p["kind"] == kind]
+    return sum(p["summed_cell_seconds"] for p in mine) / max(1, sum(p["cells"] for p in mine))
 
 
 def write_result(args, cpus: int, load_before: tuple, passes: list[dict], rounds: int) -> None:
@@ -117,7 +133,9 @@ def write_result(args, cpus: int, load_before: tuple, passes: list[dict], rounds
         "machine": {"host": platform.node(), "cpu": cpu_model(), "cpu_count": cpus, "gpu": None, "platform": platform.platform()},
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "ray": ray.__version__},
         "grid": "MRPC + RTE x LoRA at each of MiniLM-L6's 6 layers = 12 cells; "
-        f"{args.max_train_samples} training examples, 64 evaluation examples, 1 epoch, frozen-layer cache on disk",
+        f"{args.max_train_samples} training examples, {args.max_eval_samples or 'all'} evaluation examples, {args.epochs} epoch(s), "
+        "frozen-layer cache on disk",
+        "mean_cell_seconds": {kind: mean_cell_seconds(passes, kind) for kind in ("sequential", "ray")},
         "ray": f"embedded local Ray, --cpus_per_cell {cpus}: one cell at a time, {cpus} torch threads (as the sequential process)",
         "rounds": rounds,
         "passes": passes,

@@ -84,6 +84,7 @@ were recorded under its key), and re-chooses from the recorded candidates.
 from __future__ import annotations
 
 import argparse
+import heapq
 import json
 import logging
 import math
@@ -280,7 +281,9 @@ def _sweep(grid: dict, grid_path: str, results_path: Path, out: Path, shard: str
     groups: list[TuneGroup] = []
     total = 0
     to_check: list[Cell] = []
+    place: dict[str, int] = {}  # a cell's or a tuned group's position in the grid: the driver's queue order
     for unit in units:
+        place[unit.cell_id if isinstance(unit, Cell) else unit.seeds[0].group_id] = len(place)
         if isinstance(unit, Cell):
             total += 1
             if needs_run(recorded.get(unit.cell_id), grid, unit, retry_failed, changed_keys):
@@ -328,7 +331,7 @@ def _sweep(grid: dict, grid_path: str, results_path: Path, out: Path, shard: str
             engine, started_ray = _ray_engine(ray_address, cpus, gpus, resource_source)
         else:  # in-process: cpus_per_cell, where given, still sets the torch threads
             engine = sweep_engine.LocalEngine(threads=int(cpus) if resource_source["cpus_per_cell"] != "default" else None)
-    driver = SweepDriver(grid, out, results_path, engine, recorded, retry_failed, max_retries, todo, groups, max_cells)
+    driver = SweepDriver(grid, out, results_path, engine, recorded, retry_failed, max_retries, todo, groups, max_cells, place)
     try:
         if any(g.spec.uses_ray_tune for g in groups):
             from petl.tune_cells import run_tune_groups
@@ -349,12 +352,16 @@ class SweepDriver:
     and final cells. One finished record per cell."""
 
     def __init__(self, grid: dict, out: Path, results: Path, engine, recorded: dict, retry_failed: bool, max_retries: int,
-                 todo: list[Cell], groups: list[TuneGroup], max_cells: int | None):  # fmt: skip
-        from collections import deque
-
+                 todo: list[Cell], groups: list[TuneGroup], max_cells: int | None, place: dict[str, int] | None = None):  # fmt: skip
         self.grid, self.out, self.results, self.engine = grid, out, results, engine
         self.recorded, self.retry_failed, self.max_retries = recorded, retry_failed, max_retries
-        self.ready = deque(todo)
+        # cells wait in the grid's order (tasks outermost): a group's finals go before any later unit's cells, so an
+        # interrupted sweep has its first tasks whole; within a place, first come first served
+        self.place = {cell.cell_id: i for i, cell in enumerate(todo)} if place is None else place
+        self.ready: list[tuple[int, int, Cell]] = []
+        self.queued = 0
+        for cell in todo:
+            self.queue(cell)
         self.groups = groups
         self.group_of = {c.cell_id: g for g in groups for c in g.candidates}
         self.final_blocks: dict[str, dict] = {}  # final cell_id -> its tune block
@@ -362,6 +369,13 @@ class SweepDriver:
         self.budget = max_cells
         self.ran = self.failed = self.retries = 0
         self.bar = None
+
+    def queue(self, cell: Cell) -> None:
+        """A cell waits for a slot at its place in the grid's order (`place`: a cell's or a tuned group's
+        position); candidates and finals share their group's place, finals queued after the candidates."""
+        place = self.place.get(cell.group_id if cell.tune_role else cell.cell_id, len(self.place))
+        self.queued += 1
+        heapq.heappush(self.ready, (place, self.queued, cell))
 
     def job(self, cell: Cell):
         from petl.sweep_engine import CellJob
@@ -422,7 +436,7 @@ class SweepDriver:
             cell = final_cell(seed_cell, chosen)
             if needs_run(self.recorded.get(cell.cell_id), self.grid, cell, self.retry_failed, changed):
                 self.final_blocks[cell.cell_id] = block
-                self.ready.append(cell)
+                self.queue(cell)
 
     def run(self) -> None:
         from petl.progress import progress_bar
@@ -433,7 +447,7 @@ class SweepDriver:
         with progress_bar(total=len(self.ready) + self.pending_finals(), desc=self.grid["name"], unit="cell") as bar:
             while True:
                 while self.ready and self.engine.running() < self.engine.capacity:
-                    cell = self.ready.popleft()
+                    cell = heapq.heappop(self.ready)[2]
                     if cell.tune_role == "final":
                         if self.budget is not None and self.submitted >= self.budget:
                             continue  # --max_cells reached: the rest resume later

@@ -302,3 +302,22 @@ def test_tune_candidates_report_the_grids_own_selection_metric():
     assert _selection_metric({}, "mrpc") == ("f1", "max")  # the task's own
     assert _selection_metric({"metric_for_best_model": "accuracy"}, "mrpc") == ("accuracy", "max")  # the grid's wins
     assert _selection_metric({"metric_for_best_model": "eval_loss"}, "mrpc") == ("loss", "min")
+
+
+def test_a_tuned_groups_finals_run_before_the_next_tasks_cells(tmp_path, glue_dir, monkeypatch):
+    """Cells run in the grid's order, tasks outermost: MRPC's finals (seed 2) come before RTE's candidates,
+    so a sweep cut short has its first task whole (finals once waited behind every other candidate)."""
+    import petl.experiment
+
+    calls = []
+
+    def fake_run(model_args, data_args, petl_args, training_args, cache_when_valid=False):
+        calls.append((data_args.task_name, training_args.seed))
+        return {"task": data_args.task_name, "selection_metric": "accuracy", "best_validation_score": training_args.learning_rate,
+                "validation_metrics": {"accuracy": 0.5}, "test_metrics": {"accuracy": 0.5}}  # fmt: skip
+
+    monkeypatch.setattr(petl.experiment, "run", fake_run)
+    path = _grid(tmp_path, glue_dir, {"lora": {"method": "lora", "lora_layers": "1"}}, tasks=["mrpc", "rte"], seeds=[1, 2],
+                 tune={"learning_rate": [1e-4, 1e-3]})  # fmt: skip
+    run_sweep(path)
+    assert calls == [("mrpc", 1), ("mrpc", 1), ("mrpc", 2), ("rte", 1), ("rte", 1), ("rte", 2)]
