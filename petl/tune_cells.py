@@ -170,9 +170,11 @@ def search_key(grid: dict, seed_cell, spec: TuneSpec) -> str:
 
 def run_tune_groups(driver, groups: list, cpus: float, gpus: float, ray_address: str | None, keep_trials: bool) -> None:
     """Each group's candidates as one Ray Tune search (groups one after another; a search's trials run
-    side by side), recorded through the driver; a group whose candidates are all recorded under the
-    same search key is not searched again. Tune's folders go to <output_dir>/ray/tune-<key>, removed
-    after the search unless `keep_trials`."""
+    side by side), recorded through the driver. A group whose latest search is recorded whole under the
+    same search key is not searched again (unless one of its trials failed and failed cells are retried,
+    i.e. no --skip_failed). A search counts as `trials` cells against --max_cells; groups past the budget
+    wait for the next run. Tune's folders go to <output_dir>/ray/tune-<key>, removed after the search
+    unless `keep_trials`."""
     from dataclasses import replace
 
     from petl.grid import record_base
@@ -185,7 +187,9 @@ def run_tune_groups(driver, groups: list, cpus: float, gpus: float, ray_address:
             key = search_key(driver.grid, seed_cell, group.spec)
             earlier = [r for r in driver.recorded.values() if r.get("tune_role") == "candidate" and r.get("tune_search") == key
                        and r.get("tune_group") == seed_cell.group_id]  # fmt: skip
-            if len(earlier) >= group.spec.trials:
+            earlier = earlier[-group.spec.trials :]  # the latest search's (records are in the file's order)
+            failed = any(r.get("status") not in ("ok", "stopped") for r in earlier)
+            if len(earlier) == group.spec.trials and not (failed and driver.retry_failed):
                 for rec in earlier:
                     values = rec.get("tune_values") or {}
                     cell = replace(seed_cell, arguments={**seed_cell.arguments, **values}, tune_role="candidate", candidate=values,
@@ -193,6 +197,9 @@ def run_tune_groups(driver, groups: list, cpus: float, gpus: float, ray_address:
                     group.candidates.append(cell)
                     group.finished[cell.cell_id] = rec
                 continue
+            if driver.budget is not None and driver.submitted >= driver.budget:
+                continue  # --max_cells reached: the group's search runs in a later run of the sweep
+            driver.submitted += group.spec.trials
             try:
                 results = _tune_search(driver, seed_cell, group.spec, key, cpus, gpus)
             finally:

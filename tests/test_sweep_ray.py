@@ -4,6 +4,7 @@ bad addresses / resources / tune blocks are one-line errors, and the frozen-laye
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
@@ -321,3 +322,52 @@ def test_a_tuned_groups_finals_run_before_the_next_tasks_cells(tmp_path, glue_di
                  tune={"learning_rate": [1e-4, 1e-3]})  # fmt: skip
     run_sweep(path)
     assert calls == [("mrpc", 1), ("mrpc", 1), ("mrpc", 2), ("rte", 1), ("rte", 1), ("rte", 2)]
+
+
+def test_ray_tune_groups_keep_max_cells_and_retry_failed_trials(tmp_path, glue_dir, monkeypatch):
+    """Ray Tune groups obey the cell queue's rules: a search counts as `trials` cells against --max_cells
+    (later groups wait for the next run); a recorded search with a failed trial is searched again unless
+    --skip_failed; a whole one is reused."""
+    from types import SimpleNamespace
+
+    import petl.experiment
+    import petl.tune_cells
+
+    searches, outcome = [], {"fail": False}
+
+    def fake_search(driver, seed_cell, spec, key, cpus, gpus):
+        searches.append(seed_cell.group_id)
+        n = len(searches)
+        ok = {"status": "ok", "selection_metric": "accuracy", "best_validation_score": 0.7, "validation_metrics": {"accuracy": 0.7}}
+        results = [SimpleNamespace(config={"learning_rate": 1e-3}, metrics={"record_json": json.dumps(ok), "trial_id": f"a{n}"},
+                                   error=None, path=f"x/trial_a{n}")]  # fmt: skip
+        if outcome["fail"]:
+            failed = SimpleNamespace(config={"learning_rate": 1e-2}, metrics={}, error=RuntimeError("diverged"), path=f"x/trial_b{n}")
+            results.append(failed)
+        else:
+            results.append(SimpleNamespace(config={"learning_rate": 1e-2}, metrics={"record_json": json.dumps(ok), "trial_id": f"b{n}"},
+                                           error=None, path=f"x/trial_b{n}"))  # fmt: skip
+        return results
+
+    def fake_run(model_args, data_args, petl_args, training_args, cache_when_valid=False):
+        return {"task": data_args.task_name, "selection_metric": "accuracy", "best_validation_score": 0.7,
+                "validation_metrics": {"accuracy": 0.7}, "test_metrics": {"accuracy": 0.5}}  # fmt: skip
+
+    monkeypatch.setattr(petl.tune_cells, "_tune_search", fake_search)
+    monkeypatch.setattr(petl.experiment, "run", fake_run)
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    tune = {"learning_rate": {"loguniform": [1e-4, 1e-2]}, "trials": 2}
+    path = _grid(tmp_path, glue_dir, {"lora": {"method": "lora", "lora_layers": "{layer}"}}, seeds=[1, 2], tune=tune)
+    run_sweep(path, max_cells=1)
+    assert searches == ["mrpc/lora/layer=0"]  # layer 1's search waits: the budget is spent
+    outcome["fail"] = True
+    run_sweep(path)
+    assert searches == ["mrpc/lora/layer=0", "mrpc/lora/layer=1"]  # layer 0's whole search is reused
+    run_sweep(path, retry_failed=False)
+    assert len(searches) == 2  # --skip_failed: layer 1's failed trial stays
+    outcome["fail"] = False
+    run_sweep(path)
+    assert searches[2:] == ["mrpc/lora/layer=1"]  # retried: searched again
+    run_sweep(path)
+    assert len(searches) == 3
