@@ -580,12 +580,35 @@ def comparison_table(study: TaskStudy) -> list[str]:
     if tuned:
         lines += ["### Hyperparameters chosen on validation", ""]
         lines += ["| arm | chosen | validation mean per candidate (seeds all candidates ran) | chosen by |", "|---|---|---|---|"]
+        edges = 0
         for a in tuned:
             shown = ", ".join(f"{_short(k)}: {v:.1f}" for k, v in a.candidates.items())
-            lines.append(f"| {a.label} | {_short(json.dumps(a.chosen))} | {shown} (seeds {','.join(map(str, a.choice_seeds))}) | "
+            edge = grid_edge(a.chosen, list(a.candidates))
+            edges += edge is not None
+            chosen = _short(json.dumps(a.chosen)) + (f" ({edge})" if edge else "")
+            lines.append(f"| {a.label} | {chosen} | {shown} (seeds {','.join(map(str, a.choice_seeds))}) | "
                          f"{'tuned sweep (tune.chosen)' if a.trusted else 'this report'} |")  # fmt: skip
         lines.append("")
+        if edges:
+            lines += [f"{edges} of {len(tuned)} choices lie at an edge of their candidate grid: the best value may lie outside "
+                      "the grid, and those arms may be under-tuned.", ""]  # fmt: skip
     return lines
+
+
+def grid_edge(chosen: dict | None, candidates: list[str]) -> str | None:
+    """'highest X' / 'lowest X' when the chosen value of a numeric axis X is the largest or smallest of
+    at least three candidate values (candidates: JSON objects of the tuned arguments); else None."""
+    if not chosen:
+        return None
+    values = [json.loads(c) for c in candidates]
+    for key, value in chosen.items():
+        axis = sorted({v[key] for v in values if isinstance(v.get(key), (int, float)) and not isinstance(v.get(key), bool)})
+        if len(axis) >= 3 and isinstance(value, (int, float)):
+            if value == axis[-1]:
+                return f"edge: highest {key}"
+            if value == axis[0]:
+                return f"edge: lowest {key}"
+    return None
 
 
 def ended_at_best(rec: dict) -> bool | None:

@@ -175,3 +175,15 @@ def test_a_metric_that_is_the_tasks_own_writes_no_duplicate_files(tmp_path):
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     assert {p.name for p in write_report(str(path), str(tmp_path / "fig"), resamples=200)} >= {"layers_mrpc_tiny.png"}
     assert write_report(str(path), str(tmp_path / "fig"), metric="accuracy", resamples=200) == []  # accuracy is this task's metric
+
+
+def test_a_choice_at_the_edge_of_its_candidate_grid_is_flagged():
+    """A learning rate chosen at the top or bottom of its grid may be under-tuned: the report says so."""
+    from petl.report import grid_edge
+
+    grid = ['{"learning_rate": 0.001}', '{"learning_rate": 0.003}', '{"learning_rate": 0.01}']
+    assert grid_edge({"learning_rate": 0.01}, grid) == "edge: highest learning_rate"
+    assert grid_edge({"learning_rate": 0.001}, grid) == "edge: lowest learning_rate"
+    assert grid_edge({"learning_rate": 0.003}, grid) is None
+    assert grid_edge({"learning_rate": 0.01}, grid[1:]) is None  # two values: no inside to miss
+    assert grid_edge({}, grid) is None
