@@ -105,7 +105,7 @@ from petl.grid import (
     run_values,
 )
 from petl.results import check_appendable
-from petl.tune_cells import TuneSpec, choose, tune_for_method
+from petl.tune_cells import TuneSpec, beyond_edge, choose, tune_for_method
 
 logger = logging.getLogger("petl.sweep")
 
@@ -184,12 +184,25 @@ def needs_run(record: dict | None, grid: dict, cell: Cell, retry_failed: bool, c
 
 
 def finals_to_run(group: TuneGroup, grid: dict, recorded: dict, retry_failed: bool) -> int:
-    """How many of a group's final records (and, for Ray Tune, candidates) may still be made: exact
-    once every candidate is recorded (the choice is known), else all of them."""
-    if group.spec.uses_ray_tune or not group.complete():
-        return len(group.seeds) + (group.spec.trials if group.spec.uses_ray_tune else 0)
+    """How many of a group's final records (and, for Ray Tune or `extend`, candidates) may still be made:
+    exact once every candidate is recorded (the choice is known), else all of them."""
+    spec = group.spec
+    if spec.uses_ray_tune or not group.complete():
+        return len(group.seeds) + (spec.trials if spec.uses_ray_tune else spec.extend)
+    pairs = [(c.candidate, group.finished[c.cell_id]) for c in group.candidates]
     try:
-        chosen = choose([(c.candidate, group.finished[c.cell_id]) for c in group.candidates])[0]
+        chosen = choose(pairs)[0]
+        for step in range(spec.extend):  # the steps past the grid's edge, as far as they are recorded
+            values = {k: [*v, *(c[k] for c, _ in pairs[len(group.candidates) :] if k in c)] for k, v in spec.values.items()}
+            beyond = beyond_edge(values, chosen)
+            if beyond is None:
+                break
+            cell = replace(group.seeds[0], arguments={**group.seeds[0].arguments, **beyond}, tune_role="candidate", candidate=beyond)
+            record = recorded.get(cell.cell_id)
+            if needs_run(record, grid, cell, retry_failed, set()):
+                return len(group.seeds) + spec.extend - step
+            pairs.append((beyond, record))
+            chosen = choose(pairs)[0]
     except PetlError:
         return len(group.seeds)
     cells = [final_cell(seed_cell, chosen) for seed_cell in group.seeds]
@@ -290,7 +303,7 @@ def _sweep(grid: dict, grid_path: str, results_path: Path, out: Path, shard: str
                 todo.append(unit)
             continue
         groups.append(unit)
-        total += (unit.spec.trials if unit.spec.uses_ray_tune else len(unit.candidates)) + len(unit.seeds)
+        total += (unit.spec.trials if unit.spec.uses_ray_tune else len(unit.candidates) + unit.spec.extend) + len(unit.seeds)
         for cand in unit.candidates:
             record = recorded.get(cand.cell_id)
             if needs_run(record, grid, cand, retry_failed, changed_keys):
@@ -411,17 +424,20 @@ class SweepDriver:
         candidate's run), queue the other seeds with the chosen values."""
         if group.resolved or not group.complete() or not group.candidates:
             return
-        group.resolved = True
         pairs = [(c.candidate, group.finished[c.cell_id]) for c in group.candidates]
         try:
             chosen, chosen_record, block = choose(pairs)
         except PetlError as err:  # every candidate failed: each seed's final is a failed cell, recorded once
+            group.resolved = True
             for seed_cell in group.seeds:
                 cell = final_cell(seed_cell, {})
                 if needs_run(self.recorded.get(cell.cell_id), self.grid, cell, self.retry_failed, set()):
                     self.failed += 1
                     self.append({**record_base(self.grid, cell), "status": "failed", "error": f"PetlError: {err}"})
             return
+        if self.extend_past_edge(group, chosen):
+            return  # the choice waits for the candidate past the grid's edge
+        group.resolved = True
         first, *others = group.seeds
         changed: set[str] = set()
         cell = final_cell(first, chosen)
@@ -437,6 +453,31 @@ class SweepDriver:
             if needs_run(self.recorded.get(cell.cell_id), self.grid, cell, self.retry_failed, changed):
                 self.final_blocks[cell.cell_id] = block
                 self.queue(cell)
+
+    def extend_past_edge(self, group: TuneGroup, chosen: dict) -> bool:
+        """`tune: {extend: N}`: a chosen value on the highest or lowest of an axis's values adds one
+        candidate a step further (petl/tune_cells.py, beyond_edge), up to N per group; True when one was
+        added (queued, or already recorded and the group resolved again)."""
+        spec = group.spec
+        in_grid = len(spec.grid_candidates())
+        if not spec.extend or len(group.candidates) - in_grid >= spec.extend:
+            return False
+        added = [c.candidate for c in group.candidates[in_grid:]]
+        values = {k: [*v, *(c[k] for c in added if k in c)] for k, v in spec.values.items()}
+        beyond = beyond_edge(values, chosen)
+        if beyond is None:
+            return False
+        seed_cell = group.seeds[0]
+        cell = replace(seed_cell, arguments={**seed_cell.arguments, **beyond}, tune_role="candidate", candidate=beyond)
+        group.candidates.append(cell)
+        self.group_of[cell.cell_id] = group
+        record = self.recorded.get(cell.cell_id)
+        if needs_run(record, self.grid, cell, self.retry_failed, set()):
+            self.queue(cell)
+        else:
+            group.finished[cell.cell_id] = record
+            self.resolve(group)
+        return True
 
     def run(self) -> None:
         from petl.progress import progress_bar

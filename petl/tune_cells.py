@@ -2,14 +2,20 @@
 
     tune: {learning_rate: [1.0e-4, 3.0e-4, 1.0e-3]}                      # a grid: every value is a candidate
     tune: {learning_rate: {loguniform: [1.0e-5, 1.0e-3]}, trials: 8, scheduler: asha}   # Ray Tune draws them
+    tune: {learning_rate: [1.0e-4, 3.0e-4, 1.0e-3], extend: 2}           # a grid that grows past its edge
 
 A block sits at the grid's top (every method) or in one method (replacing the top one; `tune: {}`
 switches it off for that method). Its keys are run_glue.py arguments that a search may set
 (petl/search.py: `is_searchable`), each a list of values or one distribution of petl/search.py
 (loguniform, uniform, choice, randint), plus `trials` (how many draws, default 4) and `scheduler`
-(`fifo`, default, or `asha`: stop poor draws early). A block of lists alone is expanded into
-candidate cells that run as ordinary cells; one with a distribution or `scheduler: asha` runs its
-candidates as one Ray Tune search per group.
+(`fifo`, default, or `asha`: stop poor draws early), and `extend` (lists only, default 0). A block of
+lists alone is expanded into candidate cells that run as ordinary cells; one with a distribution or
+`scheduler: asha` runs its candidates as one Ray Tune search per group.
+
+`extend: N`: when the validation-best candidate holds the highest (lowest) of three or more numeric
+values of an axis, the best value may lie beyond the grid: one more candidate is trained one step
+further (the ratio of the last two values, or their difference where a value is not positive), and
+the choice is made again, up to N steps per group. The step is decided by validation scores alone.
 
 For each task x method x layer x setting, the candidates train on the grid's FIRST seed; the one with
 the best validation score (the record's `best_validation_score`, the run's selection metric on the
@@ -29,7 +35,7 @@ from typing import Any
 
 from petl.errors import PetlError
 
-TUNE_OPTIONS = {"trials": 4, "scheduler": "fifo"}
+TUNE_OPTIONS = {"trials": 4, "scheduler": "fifo", "extend": 0}
 SCHEDULERS = ("fifo", "asha")
 
 
@@ -39,6 +45,7 @@ class TuneSpec:
     space: dict[str, dict] = field(default_factory=dict)  # distributions (Ray Tune)
     trials: int = 4
     scheduler: str = "fifo"
+    extend: int = 0  # steps past an edge of a list axis (see the module docstring)
 
     @property
     def uses_ray_tune(self) -> bool:
@@ -49,7 +56,8 @@ class TuneSpec:
         return [dict(zip(self.values, combo, strict=True)) for combo in itertools.product(*self.values.values())]
 
     def describe(self) -> dict:
-        return {"values": self.values, "space": self.space, "trials": self.trials, "scheduler": self.scheduler}
+        described = {"values": self.values, "space": self.space, "trials": self.trials, "scheduler": self.scheduler}
+        return {**described, "extend": self.extend} if self.extend else described
 
 
 # arguments that define the split, the metric or the data a candidate is scored on: never a tuning axis
@@ -73,6 +81,9 @@ def parse_tune(block: Any, where: str) -> TuneSpec | None:
         raise PetlError(f"{where}: tune trials {trials!r} is invalid; allowed: an integer >= 1")
     if scheduler not in SCHEDULERS:
         raise PetlError(f"{where}: tune scheduler {scheduler!r} is not one of {', '.join(SCHEDULERS)}")
+    extend = options.get("extend", 0)
+    if isinstance(extend, bool) or not isinstance(extend, int) or extend < 0:
+        raise PetlError(f"{where}: tune extend {extend!r} is invalid; allowed: an integer >= 0 (steps past a grid's edge)")
     names = {k: v for k, v in block.items() if k not in TUNE_OPTIONS}
     if not names:
         raise PetlError(f"{where}: tune names no argument; give e.g. learning_rate: [1.0e-4, 1.0e-3]")
@@ -91,7 +102,28 @@ def parse_tune(block: Any, where: str) -> TuneSpec | None:
     validate_space(as_space, f"{where}: tune")
     values = {k: v for k, v in names.items() if isinstance(v, list)}
     space = {k: v for k, v in names.items() if not isinstance(v, list)}
-    return TuneSpec(values, space, trials, scheduler)
+    if extend and (space or scheduler == "asha"):
+        raise PetlError(f"{where}: tune extend applies to lists of values, not to Ray Tune draws (distributions, asha)")
+    return TuneSpec(values, space, trials, scheduler, extend)
+
+
+def beyond_edge(values: dict[str, list], chosen: dict) -> dict | None:
+    """The next candidate past an edge when `chosen` holds the highest or lowest value of a numeric axis
+    of `values` (the grid's lists, with the values already added past their edges); None when it holds
+    no edge or the axis has fewer than three values. One step: the ratio of the edge value to its
+    neighbour (3 significant digits), or their difference where a value is not positive."""
+    for key, listed in values.items():
+        if key not in chosen or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in listed):
+            continue
+        axis = sorted(set(listed))
+        if len(axis) < 3 or chosen[key] not in (axis[0], axis[-1]):
+            continue
+        edge, inner = (axis[-1], axis[-2]) if chosen[key] == axis[-1] else (axis[0], axis[1])
+        nxt = edge * (edge / inner) if edge > 0 and inner > 0 else edge + (edge - inner)
+        nxt = int(round(nxt)) if all(isinstance(v, int) for v in listed) else float(f"{nxt:.3g}")
+        if nxt not in axis:
+            return {**chosen, key: nxt}
+    return None
 
 
 def tune_for_method(grid: dict, spec: dict, where: str) -> TuneSpec | None:

@@ -371,3 +371,45 @@ def test_ray_tune_groups_keep_max_cells_and_retry_failed_trials(tmp_path, glue_d
     assert searches[2:] == ["mrpc/lora/layer=1"]  # retried: searched again
     run_sweep(path)
     assert len(searches) == 3
+
+
+def test_a_choice_on_the_grids_edge_extends_the_grid_on_validation(tmp_path, glue_dir, monkeypatch):
+    """`extend: 2`: validation peaks past the grid's top (at 0.05), so 1e-2 wins, 0.0333 is tried and wins,
+    0.111 is tried and loses; seeds 2 and 3 train with 0.0333. Test scores (best at 1e-3) choose nothing.
+    A resumed sweep trains nothing and its dry run counts nothing left."""
+    import math
+
+    import petl.experiment
+
+    calls = []
+
+    def fake_run(model_args, data_args, petl_args, training_args, cache_when_valid=False):
+        lr = training_args.learning_rate
+        calls.append((training_args.seed, lr))
+        validation = 0.9 - (math.log10(lr) - math.log10(0.05)) ** 2 / 10
+        test = 0.9 - (math.log10(lr) - math.log10(1e-3)) ** 2 / 10
+        return {"task": data_args.task_name, "selection_metric": "accuracy", "best_validation_score": validation,
+                "validation_metrics": {"accuracy": validation}, "test_metrics": {"accuracy": test}}  # fmt: skip
+
+    monkeypatch.setattr(petl.experiment, "run", fake_run)
+    tune = {"learning_rate": [1e-3, 3e-3, 1e-2], "extend": 2}
+    path = _grid(tmp_path, glue_dir, {"lora": {"method": "lora", "lora_layers": "1"}}, seeds=[1, 2, 3], tune=tune)
+    run_sweep(path)
+    assert calls == [(1, 1e-3), (1, 3e-3), (1, 1e-2), (1, 0.0333), (1, 0.111), (2, 0.0333), (3, 0.0333)]
+    finals = {r["seed"]: r for r in _records(tmp_path).values() if r.get("tune_role") == "final"}
+    assert sorted(finals) == [1, 2, 3] and all(r["tune"]["chosen"] == {"learning_rate": 0.0333} for r in finals.values())
+    assert len(finals[1]["tune"]["candidates"]) == 5
+    calls.clear()
+    assert run_sweep(path, dry_run=True)["to_run"] == 0
+    assert run_sweep(path)["ran"] == 0 and calls == []
+
+
+def test_extend_is_refused_where_it_cannot_apply(tmp_path, glue_dir, capsys):
+    for tune, message in [
+        ({"learning_rate": [1e-3, 1e-2], "extend": -1}, "tune extend -1 is invalid"),
+        ({"learning_rate": {"loguniform": [1e-4, 1e-2]}, "extend": 1}, "tune extend applies to lists of values"),
+    ]:
+        path = _grid(tmp_path, glue_dir, {"lora": {"method": "lora", "lora_layers": "1"}}, tune=tune)
+        assert main([path, "--no_ray"]) == 2
+        assert message in capsys.readouterr().err
+        assert not (tmp_path / "ray.jsonl").exists()
