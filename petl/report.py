@@ -351,7 +351,7 @@ class Comparison:
     def verdict(self) -> str:
         if self.interval is None:
             return self.note or NO_CI
-        low, high = self.interval
+        low, high = (round(bound, 1) for bound in self.interval)  # as shown: a bound shown as +0.0 excludes nothing
         if low > 0:
             return f"{self.left} better"
         if high < 0:

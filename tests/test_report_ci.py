@@ -187,3 +187,18 @@ def test_a_choice_at_the_edge_of_its_candidate_grid_is_flagged():
     assert grid_edge({"learning_rate": 0.003}, grid) is None
     assert grid_edge({"learning_rate": 0.01}, grid[1:]) is None  # two values: no inside to miss
     assert grid_edge({}, grid) is None
+
+
+def test_a_bound_at_zero_claims_nothing():
+    """2.5% of the draws at exactly zero: the lower bound is zero (no interpolation towards the next draw),
+    and a bound shown as +0.0 is no difference in the report's verdict either."""
+    import numpy as np
+
+    from petl.report import NOT_SEPARABLE, Comparison
+    from petl.stats import Estimate
+
+    draws = np.array([0.0] * 25 + [0.49] * 975)
+    estimate = Estimate(0.49, draws)
+    assert estimate.interval()[0] == 0.0 and not estimate.excludes_zero()
+    assert Comparison("a", "b", 4.4, (0.02, 8.8), "1").verdict == NOT_SEPARABLE
+    assert Comparison("a", "b", 4.4, (0.06, 8.8), "1").verdict == "a better"
