@@ -287,8 +287,12 @@ def build_arms(records: list[dict]) -> list[Arm]:
     docstring). A tuned sweep's candidate records (`tune_role: candidate`) are not arms: its final
     records carry the choice (`tune.chosen`, made on validation by petl.tune_cells) and are trusted."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
+    later: dict[tuple, dict[str, float]] = defaultdict(dict)  # candidates a final's tune block may predate (extend)
     for r in records:
         if r.get("tune_role") == "candidate":
+            if r.get("status", "ok") == "ok":
+                values = json.dumps(r.get("tune_values") or {}, sort_keys=True)
+                later[(model_tag(r), r["task"], r.get("tune_group"))][values] = validation_score(r)
             continue
         key = (model_tag(r), r["task"], r["method_name"], r.get("layer"), json.dumps(study_setting(r), sort_keys=True))
         groups[key].append(r)
@@ -300,6 +304,10 @@ def build_arms(records: list[dict]) -> list[Arm]:
                 json.dumps(c.get("arguments") or {}, sort_keys=True): _percent(c.get("validation_score"))
                 for c in tuned.get("candidates") or []
             }
+            # a candidate trained past the grid's edge after these finals were recorded (the choice stood, so they
+            # were not re-run): its score belongs to the evidence shown
+            for key, value in later[(model_tag(recs[0]), recs[0]["task"], recs[0].get("tune_group"))].items():
+                means.setdefault(key, value)
             seeds = sorted({r["seed"] for r in recs if r.get("reused_from")})
             arms.append(Arm(name, layer, json.loads(setting), recs, dict(tuned["chosen"]), means, seeds, trusted=True))
             continue

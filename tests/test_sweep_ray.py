@@ -413,3 +413,27 @@ def test_extend_is_refused_where_it_cannot_apply(tmp_path, glue_dir, capsys):
         assert main([path, "--no_ray"]) == 2
         assert message in capsys.readouterr().err
         assert not (tmp_path / "ray.jsonl").exists()
+
+
+def test_candidates_added_past_the_edge_after_the_finals_reach_the_report(tmp_path, glue_dir, monkeypatch):
+    """A grid that gains `extend: 1` after its finals ran: the candidate past the edge trains, loses, the
+    finals stand (not re-run), and the report's evidence for the choice lists all four candidates."""
+    import petl.experiment
+    from petl.report import build_arms, load_records
+
+    validation = {1e-3: 0.80, 3e-3: 0.70, 1e-2: 0.60, 0.000333: 0.75}
+
+    def fake_run(model_args, data_args, petl_args, training_args, cache_when_valid=False):
+        score = validation[training_args.learning_rate]
+        return {"task": data_args.task_name, "selection_metric": "accuracy", "best_validation_score": score,
+                "validation_metrics": {"accuracy": score}, "test_metrics": {"accuracy": 0.5}}  # fmt: skip
+
+    monkeypatch.setattr(petl.experiment, "run", fake_run)
+    methods = {"lora": {"method": "lora", "lora_layers": "1"}}
+    run_sweep(_grid(tmp_path, glue_dir, methods, seeds=[1, 2], tune={"learning_rate": [1e-3, 3e-3, 1e-2]}))
+    lines = len(read_jsonl(tmp_path / "ray.jsonl")[0])
+    run_sweep(_grid(tmp_path, glue_dir, methods, seeds=[1, 2], tune={"learning_rate": [1e-3, 3e-3, 1e-2], "extend": 1}))
+    assert len(read_jsonl(tmp_path / "ray.jsonl")[0]) == lines + 1  # the candidate past the edge, nothing else
+    (arm,) = build_arms(load_records(str(tmp_path / "ray.jsonl")))
+    assert arm.chosen == {"learning_rate": 1e-3} and len(arm.candidates) == 4
+    assert arm.candidates['{"learning_rate": 0.000333}'] == pytest.approx(75.0)
