@@ -290,8 +290,8 @@ def build_arms(records: list[dict]) -> list[Arm]:
     later: dict[tuple, dict[str, float]] = defaultdict(dict)  # candidates a final's tune block may predate (extend)
     for r in records:
         if r.get("tune_role") == "candidate":
-            if r.get("status", "ok") == "ok":
-                values = json.dumps(r.get("tune_values") or {}, sort_keys=True)
+            if r.get("status", "ok") == "ok" and r.get("tune_values"):
+                values = json.dumps(r["tune_values"], sort_keys=True)
                 later[(model_tag(r), r["task"], r.get("tune_group"))][values] = validation_score(r)
             continue
         key = (model_tag(r), r["task"], r["method_name"], r.get("layer"), json.dumps(study_setting(r), sort_keys=True))
