@@ -53,6 +53,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from petl.errors import PetlError, exit_status, invoked_as
 from petl.results import read_jsonl, write_atomic, write_text_atomic
 from petl.stats import Estimate, PairedBootstrap, t_interval
@@ -440,6 +442,23 @@ class TaskStudy:
         d = a - b
         return Comparison(*names, d.point, d.interval(), shown)
 
+    def constant_comparison(self, arm: Arm, label: str | None = None) -> Comparison | None:
+        """The arm minus the constant predictor (the training majority class, which scores the recorded
+        baseline on the test set), paired over the same resampled test examples; None where no class
+        predicts that score (regression, or no baseline)."""
+        constant = baseline_score(arm.records[0])
+        est = self.estimate(arm)
+        if constant is None or est is None or self.bootstrap.is_regression:
+            return None
+        labels = self.bootstrap.labels
+        classes = [c for c in range(self.bootstrap.num_classes) if abs(100 * float(np.mean(labels == c)) - constant) < 1e-6]
+        if not classes:
+            return None
+        const = self.bootstrap.estimate([np.full(len(labels), classes[0])])
+        const = Estimate(100 * const.point, 100 * const.draws)
+        d = est - const
+        return Comparison(label or arm.label, "constant predictor", d.point, d.interval(), ",".join(map(str, arm.seeds)))
+
     # ---- the choices made on validation
     def layered(self) -> list[Arm]:
         return [a for a in self.arms if a.layer is not None and not a.setting]
@@ -561,6 +580,12 @@ def comparison_table(study: TaskStudy) -> list[str]:
             if probe is not None:
                 vs_probe.append(study.compare(arm, probe))
     lines += section("Each method vs the probe at the same layer (probe kind chosen on validation)", vs_probe)
+    chosen_rows = [(arm, f"{arm.label} (layer chosen on validation)" if arm.layer is not None else None)
+                   for arm in [*study.petl_rows(), *study.probe_rows()]]  # fmt: skip
+    full_arm = study.full_arm()
+    vs_constant = [study.constant_comparison(arm, label) for arm, label in [*chosen_rows, *([(full_arm, None)] if full_arm else [])]]
+    lines += section("Each method at its validation-chosen layer vs the constant predictor (the dynamic range)",
+                     [c for c in vs_constant if c is not None])  # fmt: skip
     full = study.full_arm()
     if full is not None:
         rows = [study.compare(arm, full, f"{arm.label} (layer chosen on validation)" if arm.layer is not None else None)

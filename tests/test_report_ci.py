@@ -202,3 +202,21 @@ def test_a_bound_at_zero_claims_nothing():
     assert estimate.interval()[0] == 0.0 and not estimate.excludes_zero()
     assert Comparison("a", "b", 4.4, (0.02, 8.8), "1").verdict == NOT_SEPARABLE
     assert Comparison("a", "b", 4.4, (0.06, 8.8), "1").verdict == "a better"
+
+
+def test_each_arm_is_compared_with_the_constant_predictor_on_the_same_draws():
+    """The dynamic range: an arm that predicts the majority class everywhere is exactly the constant
+    predictor (difference 0, interval [0, 0]); a good arm is separable from it."""
+    majority = int(np.bincount(LABELS).argmax())
+    constant = 100 * float(np.mean(np.array(LABELS) == majority))
+    baselines = {"test": {"constant": {"accuracy": constant / 100}}}
+    flat = [rec("lora", [majority] * len(LABELS), 0.6, s, layer=1) for s in (1, 2)]
+    good = [rec("ffn", noisy(0.95, s), 0.9, s, layer=1, method="ffn") for s in (1, 2)]
+    for r in [*flat, *good]:
+        r["baselines"] = baselines
+    study = TaskStudy([*flat, *good], resamples=500)
+    arms = {a.name: a for a in study.arms}
+    same = study.constant_comparison(arms["lora"])
+    assert same.difference == pytest.approx(0.0) and same.interval == (0.0, 0.0) and same.verdict == NOT_SEPARABLE
+    better = study.constant_comparison(arms["ffn"])
+    assert better.interval[0] > 0 and better.verdict.endswith("better") and better.right == "constant predictor"
