@@ -17,7 +17,7 @@ from petl.results import read_jsonl, read_yaml_or_json
 
 GRID_KEYS = {"name", "results", "output_dir", "model_name_or_path", "tasks", "seeds", "layers", "arguments", "methods", "tune",
              "cpus_per_cell", "gpus_per_cell"}  # fmt: skip
-METHOD_KEYS = {"layers", "tasks", "tune"}  # besides run_glue.py arguments
+METHOD_KEYS = {"layers", "tasks", "tune", "tune_layer"}  # besides run_glue.py arguments
 # where files live and what watches a run, not what runs: left out of a cell's argument hash, so moving a
 # sweep, or turning a tracker on (`report_to: tensorboard` in `arguments`), re-runs nothing
 LOCATION_ARGUMENTS = ("output_dir", "overwrite_output_dir", "cache_dir", "glue_dir", "logging_dir", "disable_tqdm", "report_to")
@@ -34,6 +34,7 @@ class Cell:
     tune_role: str | None = None  # None: an untuned cell; "candidate" or "final" in a tuned group (petl/tune_cells.py)
     candidate: dict[str, Any] = field(default_factory=dict)  # a candidate's tuned values
     trial: str | None = None  # a Ray Tune candidate's trial id in its group's search (draws may repeat)
+    tune_layer: int | None = None  # the method's `tune_layer`: one tuned group over all its layers, tuned at this one
 
     @property
     def group_id(self) -> str:
@@ -43,6 +44,15 @@ class Cell:
             parts.append(f"layer={self.layer}")
         parts += [f"{k}={v}" for k, v in sorted(self.setting.items())]
         return "/".join(parts)
+
+    @property
+    def tune_group_id(self) -> str:
+        """The tuned group the cell belongs to: its group_id, or with `tune_layer` its coordinates without the
+        layer (one choice, made at that layer, for every layer)."""
+        if self.tune_layer is None:
+            return self.group_id
+        parts = [self.task, self.method_name, f"tune_layer={self.tune_layer}"]
+        return "/".join(parts + [f"{k}={v}" for k, v in sorted(self.setting.items())])
 
     @property
     def cell_id(self) -> str:
@@ -153,17 +163,30 @@ def expand_cells(grid: dict, num_layers: int | None) -> list[Cell]:
                 has_layer = any(isinstance(v, str) and "{" in v for v in args.values())
                 where = f"grid method {name!r}"
                 layers = _layer_list(spec.get("layers", global_layers), num_layers, where) if has_layer else [None]
+                tune_layer = _tune_layer(spec, layers, where) if "tune_layer" in spec else None
                 axes = {k: v for k, v in args.items() if isinstance(v, list)}
                 for layer in layers:
                     for values in itertools.product(*axes.values()) if axes else [()]:
                         setting = dict(zip(axes, values, strict=True))
                         cell_args = {k: _substitute(setting.get(k, v), layer) for k, v in args.items()}
-                        cells.append(Cell(task, name, layer, int(seed), setting, cell_args))
+                        cells.append(Cell(task, name, layer, int(seed), setting, cell_args, tune_layer=tune_layer))
     ids = [c.cell_id for c in cells]
     if len(set(ids)) != len(ids):
         dup = next(i for i in ids if ids.count(i) > 1)
         raise PetlError(f"grid has the cell {dup!r} twice")
     return cells
+
+
+def _tune_layer(spec: dict, layers: list, where: str) -> int:
+    """A method's `tune_layer`: one of its own layers, and only beside a `tune:` block of lists."""
+    value = spec["tune_layer"]
+    if None in layers:
+        raise PetlError(f"{where}: tune_layer {value!r} needs a method whose arguments name a layer ({{layer}})")
+    if isinstance(value, bool) or value not in layers:
+        raise PetlError(f"{where}: tune_layer {value!r} is not one of its layers; allowed: {', '.join(map(str, layers))}")
+    if not spec.get("tune"):
+        raise PetlError(f"{where}: tune_layer {value!r} without a tune: block of its own; give e.g. tune: {{learning_rate: [...]}}")
+    return int(value)
 
 
 def recorded_cells(results: Path) -> tuple[dict[str, dict], list[int]]:
@@ -217,6 +240,7 @@ def arguments_hash(arguments: dict[str, Any]) -> str:
 def changed_arguments(record: dict, grid: dict, cell: Cell) -> list[str]:
     """The argument names that differ between a cell's record and the grid now ([] if none). Records
     with a hash are compared on all run arguments; older ones, without it, on their cell arguments."""
+
     def differing(now: dict, then: dict) -> list[str]:
         return sorted(k for k in set(now) | set(then) if _canonical(now.get(k)) != _canonical(then.get(k)))
 
@@ -266,7 +290,7 @@ def record_base(grid: dict, cell: Cell) -> dict:
     base["arguments_hash"] = arguments_hash(base["run_arguments"])
     if cell.tune_role:
         base["tune_role"] = cell.tune_role
-        base["tune_group"] = cell.group_id
+        base["tune_group"] = cell.tune_group_id
     if cell.candidate:
         base["tune_values"] = cell.candidate
     if cell.trial is not None:

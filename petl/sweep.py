@@ -61,7 +61,8 @@ Tuned cells (petl/tune_cells.py): `tune:` at the grid's top or in a method (a me
 replaces the top one; `tune: {}` switches it off). Lists are a grid of candidates run as ordinary
 cells; distributions (`{loguniform: [1.0e-5, 1.0e-3]}`, petl/search.py) with `trials: N` and
 `scheduler: fifo|asha` are one Ray Tune search per group, its folders under <output_dir>/ray/tune-<key>,
-removed afterwards unless --keep_trials. For each task x method x layer x setting the candidates train
+removed afterwards unless --keep_trials. `tune_layer: L` in a method makes one group of all its layers,
+tuned at layer L. For each task x method x layer x setting the candidates train
 on the FIRST seed and the best by the validation score (`best_validation_score`, the run's selection
 metric on the validation split; never test) is chosen; its run becomes that seed's final record and the
 chosen values train on every other seed. Records (one JSONL line each):
@@ -148,7 +149,9 @@ def method_tunes(grid: dict, grid_path: str) -> dict[str, TuneSpec | None]:
 
 
 def plan_units(grid: dict, cells: list[Cell], tunes: dict[str, TuneSpec | None]) -> list[Cell | TuneGroup]:
-    """The grid as units of work in the grid's order: untuned cells, and one TuneGroup per tuned group."""
+    """The grid as units of work in the grid's order: untuned cells, and one TuneGroup per tuned group
+    (a task x method x layer x setting, or with `tune_layer` a task x method x setting over all its layers,
+    whose candidates train at that layer)."""
     units: list[Cell | TuneGroup] = []
     groups: dict[str, TuneGroup] = {}
     for cell in cells:
@@ -156,14 +159,18 @@ def plan_units(grid: dict, cells: list[Cell], tunes: dict[str, TuneSpec | None])
         if spec is None:
             units.append(cell)
             continue
-        group = groups.get(cell.group_id)
+        group = groups.get(cell.tune_group_id)
         if group is None:
-            group = groups[cell.group_id] = TuneGroup(spec, [])
+            group = groups[cell.tune_group_id] = TuneGroup(spec, [])
             units.append(group)
-            if not spec.uses_ray_tune:
-                for values in spec.grid_candidates():
-                    group.candidates.append(replace(cell, arguments={**cell.arguments, **values}, tune_role="candidate", candidate=values))
         group.seeds.append(cell)
+    for group in groups.values():
+        first = next((c for c in group.seeds if c.tune_layer is None or c.layer == c.tune_layer), group.seeds[0])
+        group.seeds.remove(first)
+        group.seeds.insert(0, first)  # the cell whose final reuses the chosen candidate's run
+        if not group.spec.uses_ray_tune:
+            for values in group.spec.grid_candidates():
+                group.candidates.append(replace(first, arguments={**first.arguments, **values}, tune_role="candidate", candidate=values))
     return units
 
 
@@ -296,7 +303,7 @@ def _sweep(grid: dict, grid_path: str, results_path: Path, out: Path, shard: str
     to_check: list[Cell] = []
     place: dict[str, int] = {}  # a cell's or a tuned group's position in the grid: the driver's queue order
     for unit in units:
-        place[unit.cell_id if isinstance(unit, Cell) else unit.seeds[0].group_id] = len(place)
+        place[unit.cell_id if isinstance(unit, Cell) else unit.seeds[0].tune_group_id] = len(place)
         if isinstance(unit, Cell):
             total += 1
             if needs_run(recorded.get(unit.cell_id), grid, unit, retry_failed, changed_keys):
@@ -331,7 +338,7 @@ def _sweep(grid: dict, grid_path: str, results_path: Path, out: Path, shard: str
         for g in groups:
             how = f"Ray Tune, {g.spec.trials} trial(s), {g.spec.scheduler}" if g.spec.uses_ray_tune else f"{len(g.candidates)} candidate(s)"
             seeds = ", ".join(str(c.seed) for c in g.seeds)
-            print(f"  {g.seeds[0].group_id}: tuned ({how}) on seed {g.seeds[0].seed}, then seed(s) {seeds}")
+            print(f"  {g.seeds[0].tune_group_id}: tuned ({how}) on seed {g.seeds[0].seed}, then seed(s) {seeds}")
         return {"cells": total, "to_run": to_run, "ran": 0, "failed": 0}
     check_appendable(results_path)
 
@@ -386,7 +393,7 @@ class SweepDriver:
     def queue(self, cell: Cell) -> None:
         """A cell waits for a slot at its place in the grid's order (`place`: a cell's or a tuned group's
         position); candidates and finals share their group's place, finals queued after the candidates."""
-        place = self.place.get(cell.group_id if cell.tune_role else cell.cell_id, len(self.place))
+        place = self.place.get(cell.tune_group_id if cell.tune_role else cell.cell_id, len(self.place))
         self.queued += 1
         heapq.heappush(self.ready, (place, self.queued, cell))
 

@@ -218,7 +218,7 @@ def run_tune_groups(driver, groups: list, cpus: float, gpus: float, ray_address:
             seed_cell = group.seeds[0]
             key = search_key(driver.grid, seed_cell, group.spec)
             earlier = [r for r in driver.recorded.values() if r.get("tune_role") == "candidate" and r.get("tune_search") == key
-                       and r.get("tune_group") == seed_cell.group_id]  # fmt: skip
+                       and r.get("tune_group") == seed_cell.tune_group_id]  # fmt: skip
             earlier = earlier[-group.spec.trials :]  # the latest search's (records are in the file's order)
             failed = any(r.get("status") not in ("ok", "stopped") for r in earlier)
             if len(earlier) == group.spec.trials and not (failed and driver.retry_failed):

@@ -437,3 +437,42 @@ def test_candidates_added_past_the_edge_after_the_finals_reach_the_report(tmp_pa
     (arm,) = build_arms(load_records(str(tmp_path / "ray.jsonl")))
     assert arm.chosen == {"learning_rate": 1e-3} and len(arm.candidates) == 4
     assert arm.candidates['{"learning_rate": 0.000333}'] == pytest.approx(75.0)
+
+
+def test_tune_layer_chooses_once_at_one_layer_for_every_layer(tmp_path, glue_dir, monkeypatch):
+    """`tune_layer: 1`: the candidates train at layer 1 on seed 1, the validation-best value trains every
+    layer and seed (layer 1 seed 1 reuses the candidate's run); one group, named by its tune layer."""
+    import petl.experiment
+
+    calls = []
+    validation, test = {1e-4: 0.6, 1e-3: 0.8}, {1e-4: 0.9, 1e-3: 0.5}
+
+    def fake_run(model_args, data_args, petl_args, training_args, cache_when_valid=False):
+        lr = training_args.learning_rate
+        calls.append((petl_args.lora_layers, training_args.seed, lr))
+        return {"task": data_args.task_name, "selection_metric": "accuracy", "best_validation_score": validation[lr],
+                "validation_metrics": {"accuracy": validation[lr]}, "test_metrics": {"accuracy": test[lr]}}  # fmt: skip
+
+    monkeypatch.setattr(petl.experiment, "run", fake_run)
+    methods = {"lora": {"method": "lora", "lora_layers": "{layer}", "tune_layer": 1, "tune": {"learning_rate": [1e-4, 1e-3]}}}
+    path = _grid(tmp_path, glue_dir, methods, seeds=[1, 2])
+    run_sweep(path)
+    assert calls[:2] == [("1", 1, 1e-4), ("1", 1, 1e-3)]
+    assert sorted(calls[2:]) == [("0", 1, 1e-3), ("0", 2, 1e-3), ("1", 2, 1e-3)]
+    finals = {(r["layer"], r["seed"]): r for r in _records(tmp_path).values() if r.get("tune_role") == "final"}
+    assert sorted(finals) == [(0, 1), (0, 2), (1, 1), (1, 2)]
+    assert {r["tune_group"] for r in finals.values()} == {"mrpc/lora/tune_layer=1"}
+    assert finals[(1, 1)]["reused_from"] == "mrpc/lora/layer=1/tune.learning_rate=0.001/seed=1"
+    calls.clear()
+    assert run_sweep(path)["ran"] == 0 and calls == []
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [({"tune_layer": 5, "tune": {"learning_rate": [1e-4, 1e-3]}}, "tune_layer 5 is not one of its layers; allowed: 0, 1"),
+     ({"tune_layer": 1}, "tune_layer 1 without a tune: block of its own")],
+)  # fmt: skip
+def test_a_bad_tune_layer_is_one_line(spec, message, tmp_path, glue_dir, capsys):
+    path = _grid(tmp_path, glue_dir, {"lora": {"method": "lora", "lora_layers": "{layer}", **spec}})
+    assert main([path, "--no_ray"]) == 2
+    assert message in capsys.readouterr().err and not (tmp_path / "ray.jsonl").exists()
