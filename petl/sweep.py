@@ -337,7 +337,10 @@ def _sweep(grid: dict, grid_path: str, results_path: Path, out: Path, shard: str
             print(f"  {c.cell_id}  {json.dumps(c.arguments)}")
         for g in groups:
             how = f"Ray Tune, {g.spec.trials} trial(s), {g.spec.scheduler}" if g.spec.uses_ray_tune else f"{len(g.candidates)} candidate(s)"
-            seeds = ", ".join(str(c.seed) for c in g.seeds)
+            if g.seeds[0].tune_layer is None:
+                seeds = ", ".join(str(c.seed) for c in g.seeds)
+            else:  # one group over the method's layers
+                seeds = ", ".join(f"{c.seed} (layer {c.layer})" for c in g.seeds)
             print(f"  {g.seeds[0].tune_group_id}: tuned ({how}) on seed {g.seeds[0].seed}, then seed(s) {seeds}")
         return {"cells": total, "to_run": to_run, "ran": 0, "failed": 0}
     check_appendable(results_path)
