@@ -251,7 +251,7 @@ def read_petl_config(directory: str | os.PathLike) -> dict[str, Any]:
         raise PetlError(f"{where}: expected a JSON object, got {shown(config)}")
     methods = config.get("methods")
     if not isinstance(methods, list) or not methods:
-        raise PetlError(f"{where}: \"methods\" is {shown(methods)}; expected a non-empty list of method configs")
+        raise PetlError(f'{where}: "methods" is {shown(methods)}; expected a non-empty list of method configs')
     for key, tp in PETL_CONFIG_KEYS.items():
         if key in config and not conforms(config[key], tp):
             raise PetlError(f"{where}: {key!r} is {shown(config[key])}; expected {type_name(tp)}")

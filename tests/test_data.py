@@ -45,7 +45,7 @@ def test_glue_quirks(glue_dir):
     assert mrpc_dev.text_b[0] == '" The foodservice pie business does not fit our long-term growth strategy .'
     assert mrpc_dev.text_a[11] == '" Sanitation is poor ... there could be typhoid and cholera , " he said .'
     rte = read_glue_split(glue_dir, get_task("rte"), "dev")
-    assert rte.text_a[137].startswith("\"It's Only a Play\" is Terrence McNally's \"Give My Regards to Broadway,\"")
+    assert rte.text_a[137].startswith('"It\'s Only a Play" is Terrence McNally\'s "Give My Regards to Broadway,"')
     assert rte.text_b[137] == "Broadway is in New York." and rte.labels[137] == 0  # entailment
     assert set(rte.labels) == {0, 1}  # entailment, not_entailment
 

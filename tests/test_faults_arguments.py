@@ -168,8 +168,10 @@ def _output_cases(tmp_path):
         "results_file is a folder": (["--results_file", str(folder)], ["--results_file", "is a folder"]),
         "results_file under a file": (["--results_file", str(a_file / "r.jsonl")], ["--results_file", "is a file"]),
         "export_peft under a file": (["--method", "lora", "--export_peft", str(a_file / "peft")], ["--export_peft", "is a file"]),
-        "cache_dir under a file": (["--method", "lora", "--lora_layers", "1", "--cache_frozen_layers", "--cache_dir", str(a_file / "c")],
-                                   ["--cache_dir", "is a file"]),  # fmt: skip
+        "cache_dir under a file": (
+            ["--method", "lora", "--lora_layers", "1", "--cache_frozen_layers", "--cache_dir", str(a_file / "c")],
+            ["--cache_dir", "is a file"],
+        ),  # fmt: skip
     }
 
 

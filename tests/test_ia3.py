@@ -175,7 +175,9 @@ def test_logits_equal_peft_ia3():
     with torch.no_grad():
         for name, p in ia3_parameters(ours).items():
             module = name.rsplit(".", 1)[0]
-            their_vectors[f"base_model.model.{module}.ia3_l.default"].copy_(p.view_as(their_vectors[f"base_model.model.{module}.ia3_l.default"]))
+            their_vectors[f"base_model.model.{module}.ia3_l.default"].copy_(
+                p.view_as(their_vectors[f"base_model.model.{module}.ia3_l.default"])
+            )
     reference = logits(theirs, "bert")
     assert reference.abs().max() > 0.1
     assert torch.allclose(logits(ours, "bert"), reference, atol=1e-5)

@@ -201,7 +201,14 @@ def test_group_by_length_leaves_evaluation_in_dataset_order(tmp_path):
 
     lengths = [3, 9, 1, 7, 2, 8, 5, 4, 6, 10, 2, 9]
     ds = datasets.Dataset.from_dict({"input_ids": [[1] * n for n in lengths], "labels": [0] * len(lengths)})
-    args = PetlTrainingArguments(output_dir=str(tmp_path), group_by_length=True, per_device_eval_batch_size=4, report_to=[], use_cpu=True,
-                                 eval_strategy="no", save_strategy="no")
+    args = PetlTrainingArguments(
+        output_dir=str(tmp_path),
+        group_by_length=True,
+        per_device_eval_batch_size=4,
+        report_to=[],
+        use_cpu=True,
+        eval_strategy="no",
+        save_strategy="no",
+    )
     trainer = PetlTrainer(model=LengthModel(), args=args, data_collator=pad)
     assert trainer.predict(ds).predictions.reshape(-1).tolist() == lengths
