@@ -170,8 +170,18 @@ def plan_units(grid: dict, cells: list[Cell], tunes: dict[str, TuneSpec | None])
         group.seeds.insert(0, first)  # the cell whose final reuses the chosen candidate's run
         if not group.spec.uses_ray_tune:
             for values in group.spec.grid_candidates():
-                group.candidates.append(replace(first, arguments={**first.arguments, **values}, tune_role="candidate", candidate=values))
+                group.candidates.append(candidate_cell(first, values))
     return units
+
+
+def candidate_cell(first: Cell, values: dict) -> Cell:
+    """A tuned group's candidate: its first cell (first seed, tune layer) with the candidate's values."""
+    return replace(first, arguments={**first.arguments, **values}, tune_role="candidate", candidate=values)
+
+
+def edge_step(spec: TuneSpec, added: list[dict], chosen: dict) -> dict | None:
+    """The next candidate past the grid's edge (`extend`), given the values already added past it."""
+    return beyond_edge({k: [*v, *(c[k] for c in added if k in c)] for k, v in spec.values.items()}, chosen)
 
 
 def final_cell(seed_cell: Cell, chosen: dict) -> Cell:
@@ -200,11 +210,10 @@ def finals_to_run(group: TuneGroup, grid: dict, recorded: dict, retry_failed: bo
     try:
         chosen = choose(pairs)[0]
         for step in range(spec.extend):  # the steps past the grid's edge, as far as they are recorded
-            values = {k: [*v, *(c[k] for c, _ in pairs[len(group.candidates) :] if k in c)] for k, v in spec.values.items()}
-            beyond = beyond_edge(values, chosen)
+            beyond = edge_step(spec, [c for c, _ in pairs[len(group.candidates) :]], chosen)
             if beyond is None:
                 break
-            cell = replace(group.seeds[0], arguments={**group.seeds[0].arguments, **beyond}, tune_role="candidate", candidate=beyond)
+            cell = candidate_cell(group.seeds[0], beyond)
             record = recorded.get(cell.cell_id)
             if needs_run(record, grid, cell, retry_failed, set()):
                 return len(group.seeds) + spec.extend - step
@@ -472,13 +481,10 @@ class SweepDriver:
         in_grid = len(spec.grid_candidates())
         if not spec.extend or len(group.candidates) - in_grid >= spec.extend:
             return False
-        added = [c.candidate for c in group.candidates[in_grid:]]
-        values = {k: [*v, *(c[k] for c in added if k in c)] for k, v in spec.values.items()}
-        beyond = beyond_edge(values, chosen)
+        beyond = edge_step(spec, [c.candidate for c in group.candidates[in_grid:]], chosen)
         if beyond is None:
             return False
-        seed_cell = group.seeds[0]
-        cell = replace(seed_cell, arguments={**seed_cell.arguments, **beyond}, tune_role="candidate", candidate=beyond)
+        cell = candidate_cell(group.seeds[0], beyond)
         group.candidates.append(cell)
         self.group_of[cell.cell_id] = group
         record = self.recorded.get(cell.cell_id)
