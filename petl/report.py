@@ -277,7 +277,16 @@ class Arm:
 
     @property
     def params(self):
-        return self.records[0].get("trainable_parameters_without_head")
+        return trainable_without_head(self.records[0])
+
+
+def trainable_without_head(rec: dict) -> int | None:
+    """The record's trainable parameters outside the head. Full fine-tuning records written before
+    2026-11-30 counted the head in (head_parameters 0): there the backbone is exactly what trains."""
+    count = rec.get("trainable_parameters_without_head")
+    if rec.get("method") == "full" and rec.get("head_parameters") == 0 and rec.get("backbone_parameters"):
+        return rec["backbone_parameters"]
+    return count
 
 
 def _candidate_key(rec: dict) -> str:

@@ -61,9 +61,9 @@ class TuneSpec:
 
 
 # arguments that define the split, the metric or the data a candidate is scored on: never a tuning axis
-EVALUATION_ARGUMENTS = frozenset({"split_mode", "split_seed", "max_eval_samples", "metric_for_best_model", "greater_is_better",
-                                  "eval_strategy", "eval_steps", "task_name", "glue_dir", "train_file", "validation_file", "test_file",
-                                  "max_train_samples", "train_fraction"})  # fmt: skip
+EVALUATION_ARGUMENTS = frozenset({"split_mode", "split_seed", "heldout_validation_size", "max_eval_samples", "metric_for_best_model",
+                                  "greater_is_better", "eval_strategy", "eval_steps", "task_name", "glue_dir", "train_file",
+                                  "validation_file", "test_file", "max_train_samples", "train_fraction"})  # fmt: skip
 
 
 def parse_tune(block: Any, where: str) -> TuneSpec | None:

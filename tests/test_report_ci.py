@@ -220,3 +220,17 @@ def test_each_arm_is_compared_with_the_constant_predictor_on_the_same_draws():
     assert same.difference == pytest.approx(0.0) and same.interval == (0.0, 0.0) and same.verdict == NOT_SEPARABLE
     better = study.constant_comparison(arms["ffn"])
     assert better.interval[0] > 0 and better.verdict.endswith("better") and better.right == "constant predictor"
+
+
+def test_full_fine_tuning_records_that_counted_the_head_in_report_the_backbone():
+    """Records written before the fix counted full fine-tuning's head as trained "without head"
+    (head_parameters 0); the report's parameter column shows the backbone, as for new records."""
+    from petl.report import trainable_without_head
+
+    legacy = {**rec("full", noisy(0.8, 1), 0.8, method="full"), "trainable_parameters_without_head": 22_713_986,
+              "head_parameters": 0, "backbone_parameters": 22_565_376}  # fmt: skip
+    fixed = {**legacy, "trainable_parameters_without_head": 22_565_376, "head_parameters": 148_610}
+    lora = {**rec("lora", noisy(0.7, 1), 0.7), "trainable_parameters_without_head": 12_288, "head_parameters": 0,
+            "backbone_parameters": 22_565_376}  # fmt: skip
+    assert trainable_without_head(legacy) == trainable_without_head(fixed) == 22_565_376
+    assert trainable_without_head(lora) == 12_288  # only full fine-tuning trains exactly its backbone
