@@ -13,7 +13,7 @@ NON_NEGATIVE = ("learning_rate", "head_lr", "petl_lr", "weight_decay")
 PROBABILITIES = ("lora_dropout", "classifier_dropout")
 AT_LEAST_ONE = (  # counts and sizes that select nothing at 0 (None, where allowed, means "not set")
     "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps", "max_seq_length",
-    "max_train_samples", "max_eval_samples", "early_stopping_patience",
+    "max_train_samples", "max_eval_samples", "heldout_validation_size", "early_stopping_patience",
 )  # fmt: skip
 SEEDS = ("seed", "split_seed", "data_seed")
 

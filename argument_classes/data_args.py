@@ -28,6 +28,13 @@ class DataArguments:
         },
     )
     split_seed: int = field(default=42, metadata={"help": "Seed of the held-out split and of subsampling."})
+    heldout_validation_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "--split_mode heldout on a task with 10k+ training examples (SST-2, QNLI, ...): how many "
+            "training examples are held out as validation (default 1000). Smaller tasks split dev 50/50 instead."
+        },
+    )
     pair_template: str | None = field(
         default=None,
         metadata={

@@ -79,7 +79,8 @@ def apply_petl(model: nn.Module, methods: list[MethodConfig] | list[dict] | str)
             owner[name] = (cfg.method, layer)
     params = dict(model.named_parameters())
     # a method may replace what sits in the head's modules (linear-probe: one linear map): the head is what stands there now
-    head_names = [n for n in params if n.startswith(head_prefixes) and n not in owner]
+    head = [n for n in params if n.startswith(head_prefixes)]
+    head_names = [n for n in head if n not in owner]
     for name in head_names:
         params[name].requires_grad_(True)
         owner[name] = ("head", None)
@@ -90,7 +91,7 @@ def apply_petl(model: nn.Module, methods: list[MethodConfig] | list[dict] | str)
     if stray:
         raise PetlError(f"internal: trainable parameters owned by no method: {stray[:3]}")
     state = attach_state(model)
-    state.methods, state.owner, state.parts = configs, owner, parts
+    state.methods, state.owner, state.parts, state.head = configs, owner, parts, head
     return model
 
 
@@ -118,7 +119,8 @@ def trainable_summary(model: nn.Module) -> dict[str, Any]:
     owner = _owner(model)
     parts = get_state(model).parts
     params = dict(model.named_parameters())
-    head = {n for n, (m, _) in owner.items() if m == "head"}
+    # the head: what trains as the head, and the head's modules when a method owns them (full fine-tuning)
+    head = {n for n, (m, _) in owner.items() if m == "head"} | set(get_state(model).head)
     new = {n for n in owner if is_new_parameter(model, n)}
     backbone_prefix = layers_prefix(model).removesuffix(arch_for(model).layers + ".")
     in_backbone = lambda n: n.startswith(backbone_prefix) and n not in new and n not in head  # noqa: E731
@@ -126,6 +128,8 @@ def trainable_summary(model: nn.Module) -> dict[str, Any]:
     auxiliary = sum(p.numel() for n, p in params.items() if not in_backbone(n) and n not in owner)
     rows: dict[tuple[str, Any], int] = OrderedDict()
     for name, (method, layer) in owner.items():
+        if name in head:
+            method, layer = "head", None
         key = (f"{method}/{parts[name]}" if name in parts else method, layer)
         rows[key] = rows.get(key, 0) + params[name].numel()
     table = []

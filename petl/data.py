@@ -442,6 +442,7 @@ def plan_splits(
     max_train_samples: int | None = None,
     train_fraction: float | None = None,
     max_eval_samples: int | None = None,
+    heldout_validation_size: int | None = None,
 ) -> SplitPlan:
     """Build the split plan. `heldout` never reports on what it selects on:
     small tasks (< 10k train) split dev 50/50 into validation/test; larger tasks hold out 1,000
@@ -455,6 +456,8 @@ def plan_splits(
         raise PetlError(f"no validation data: expected one of {', '.join(dev_names)}")
     suffixes = ["" if i == 0 else "_" + dev_names[i].split("_", 1)[-1] for i in range(len(devs))]
     desc: dict = {"split_mode": split_mode, "split_seed": split_seed}
+    if heldout_validation_size is not None and split_mode != "heldout":
+        raise PetlError(f"--heldout_validation_size {heldout_validation_size} needs --split_mode heldout (given: {split_mode})")
     if split_mode == "official":
         eval_sets = {f"validation{s}": d for s, d in zip(suffixes, devs, strict=True)}
         report_prefix = "validation"
@@ -462,6 +465,11 @@ def plan_splits(
         if devs[0].labels is None:
             raise PetlError("--split_mode heldout needs a labeled validation file")
         if len(train) < HELDOUT_SMALL_TASK_LIMIT:
+            if heldout_validation_size is not None:
+                raise PetlError(
+                    f"--heldout_validation_size {heldout_validation_size} applies to tasks with {HELDOUT_SMALL_TASK_LIMIT:,}+ "
+                    f"training examples; this one has {len(train):,} and splits its dev set 50/50 into validation and test"
+                )
             order = list(range(len(devs[0])))
             random.Random(split_seed).shuffle(order)
             half = len(order) // 2
@@ -471,14 +479,17 @@ def plan_splits(
                 eval_sets[f"test{s}"] = d
             desc["protocol"] = "dev split 50/50 into validation and test"
         else:
+            size = heldout_validation_size or HELDOUT_VALIDATION_SIZE
+            if size >= len(train):
+                raise PetlError(f"--heldout_validation_size {size} leaves no training data; allowed: 1 to {len(train) - 1:,}")
             order = list(range(len(train)))
             random.Random(split_seed).shuffle(order)
-            val_idx, train_idx = sorted(order[:HELDOUT_VALIDATION_SIZE]), sorted(order[HELDOUT_VALIDATION_SIZE:])
+            val_idx, train_idx = sorted(order[:size]), sorted(order[size:])
             eval_sets = {"validation": train.select(val_idx)}
             train = train.select(train_idx)
             for s, d in zip(suffixes, devs, strict=True):
                 eval_sets[f"test{s}"] = d
-            desc["protocol"] = f"{HELDOUT_VALIDATION_SIZE} training examples held out as validation; dev is test"
+            desc["protocol"] = f"{size} training examples held out as validation; dev is test"
         report_prefix = "test"
     else:
         raise PetlError(f"--split_mode {split_mode!r} is not one of {', '.join(SPLIT_MODES)}")

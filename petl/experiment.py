@@ -120,6 +120,7 @@ def run(
         data_args.max_train_samples,
         data_args.train_fraction,
         data_args.max_eval_samples,
+        data_args.heldout_validation_size,
     )
 
     metric = checked_selection_metric(task_name, labels.is_regression, ("--metric_for_best_model", training_args.metric_for_best_model))
@@ -239,6 +240,7 @@ def run(
     # ---- train
     train_metrics = {}
     probe_fit = None
+    known_validation = None  # the restored state's validation metrics, as evaluated during training
     if training_args.do_train and "linear-probe" in method_names:  # fitted in closed form / L-BFGS, not trained by the Trainer
         from petl.methods.linear_probe import fit_linear_probe
 
@@ -253,6 +255,7 @@ def run(
         train_out = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
         train_metrics = dict(train_out.metrics)
         if best.restore_best():
+            known_validation = best.best_metrics
             logger.info(
                 "restored the best state: %s=%.4f at step %s (epoch %.2f)",
                 best.metric_key,
@@ -270,6 +273,11 @@ def run(
     eval_metrics: dict[str, dict] = {}
     reported_predictions = None
     for name, ds in eval_ds.items():
+        if name == "validation" and name != plan.report_prefix and known_validation:
+            # the restored state was evaluated on exactly this set when it was chosen (same weights, eval mode):
+            # reuse those scores instead of a second pass, which costs as much as a training epoch's evaluation
+            eval_metrics[name] = {k.removeprefix("eval_"): v for k, v in known_validation.items()}
+            continue
         latest_predictions.clear()
         m = trainer.evaluate(eval_dataset=ds, metric_key_prefix=name)
         eval_metrics[name] = {k.removeprefix(f"{name}_"): v for k, v in m.items()}

@@ -31,8 +31,8 @@ Writes, per model and task:
   validation-best layer, ticks at the tested values, probe and full-FT references;
 and per model: table_<results>_<model>.md / .csv, one row per method at its validation-chosen layer
 and hyperparameters, the constant predictor, the differences best PETL - best probe and best PETL -
-full fine-tuning, relative improvement = (best PETL - best probe) / best probe and gap bridged =
-(best PETL - best probe) / (full - best probe). Scores are the selection metric (or --metric) in
+full fine-tuning (or the row --reference names in its place), relative improvement = (best PETL - best
+probe) / best probe and gap bridged = (best PETL - best probe) / (full - best probe). Scores are the selection metric (or --metric) in
 percent. With --metric equal to a task's own selection metric, that task's suffixed files would
 repeat the unsuffixed ones and are not written.
 """
@@ -189,6 +189,9 @@ def is_probe(rec: dict) -> bool:
 
 
 def is_full(rec: dict) -> bool:
+    """Full fine-tuning, or the row named by --reference in its place (then only that row)."""
+    if "reference_arm" in rec:
+        return rec["reference_arm"]
     return rec.get("method") == "full" or rec["method_name"].split("@")[0].split(" ")[0] == "full"
 
 
@@ -277,7 +280,16 @@ class Arm:
 
     @property
     def params(self):
-        return self.records[0].get("trainable_parameters_without_head")
+        return trainable_without_head(self.records[0])
+
+
+def trainable_without_head(rec: dict) -> int | None:
+    """The record's trainable parameters outside the head. Full fine-tuning records written before
+    2026-11-30 counted the head in (head_parameters 0): there the backbone is exactly what trains."""
+    count = rec.get("trainable_parameters_without_head")
+    if rec.get("method") == "full" and rec.get("head_parameters") == 0 and rec.get("backbone_parameters"):
+        return rec["backbone_parameters"]
+    return count
 
 
 def _candidate_key(rec: dict) -> str:
@@ -383,6 +395,9 @@ class TaskStudy:
 
     def __init__(self, records: list[dict], resamples: int | None = None):
         self.records = records
+        # the row in full fine-tuning's role: full fine-tuning, or the method named by --reference (LoRA on all layers, say)
+        named = next((r["method_name"] for r in records if r.get("reference_arm")), None)
+        self.reference_label, self.reference_title = (named, f"the reference ({named})") if named else ("full", "full fine-tuning")
         self.arms = build_arms(records)
         self.metric = records[0].get("selection_metric", "accuracy")
         self.bootstrap, self.ci_note = self._bootstrap(resamples)
@@ -590,7 +605,7 @@ def comparison_table(study: TaskStudy) -> list[str]:
     if full is not None:
         rows = [study.compare(arm, full, f"{arm.label} (layer chosen on validation)" if arm.layer is not None else None)
                 for arm in [*study.petl_rows(), *study.probe_rows()]]  # fmt: skip
-        lines += section("Each method at its validation-chosen layer vs full fine-tuning", rows)
+        lines += section(f"Each method at its validation-chosen layer vs {study.reference_title}", rows)
     pairs = []
     petl = study.method_names(probes=False)
     for layer in sorted({a.layer for a in study.layered()}):
@@ -719,6 +734,8 @@ def glue_table(records: list[dict], resamples: int | None = None) -> tuple[list[
     for t in tasks:
         for name, text in derived_cells(studies[t]).items():
             derived[name].append(text)
+    reference = studies[tasks[0]].reference_label
+    derived["best PETL - full"][0] = f"best PETL - {reference}"
     md_rows += [derived["constant predictor"] + ["0"]] + [derived[k] + [""] for k in list(derived)[1:]]
     csv_rows += [{"method": row[0], **dict(zip(tasks, row[1:], strict=True))} for row in derived.values()]
     return header, md_rows, csv_rows
@@ -746,7 +763,7 @@ def derived_cells(study: TaskStudy) -> dict[str, str]:
     if all(e is not None for e in estimates):
         p, r = estimates[0], estimates[1]
         out["relative improvement"] = _ratio(p - r, r, "best probe")
-        out["gap bridged"] = _ratio(p - r, estimates[2] - r, "full - best probe") if full is not None else ""
+        out["gap bridged"] = _ratio(p - r, estimates[2] - r, f"{study.reference_label} - best probe") if full is not None else ""
         return out
     # no per-example predictions: point ratios, with the old checks on their denominators
     b, raw = best.test_mean, probe.test_mean
@@ -999,16 +1016,24 @@ def compute_summary(records: list[dict]) -> str:
     return "cell time recorded: " + ", ".join(f"{h:.2f} h on {where}" for where, h in sorted(hours.items()))
 
 
-def write_report(results: str, out_dir: str, metric: str | None = None, resamples: int | None = None) -> list[Path]:
+def write_report(
+    results: str, out_dir: str, metric: str | None = None, resamples: int | None = None, reference: str | None = None
+) -> list[Path]:
     """`metric` replaces each record's selection metric as the score (e.g. accuracy on MRPC, whose
     F1 a constant "paraphrase" predictor already reaches); file names then end in _<metric>, except for
-    tasks whose own selection metric it is (their files would repeat the unsuffixed ones)."""
+    tasks whose own selection metric it is (their files would repeat the unsuffixed ones). `reference`:
+    the method (grid name) whose rows take full fine-tuning's place, where that was out of reach."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     records = load_records(results)
+    if reference is not None:
+        names = sorted({r["method_name"] for r in records})
+        if reference not in names:
+            raise PetlError(f"--reference {reference!r} names no method of {results}; allowed: {', '.join(names)}")
+        records = [{**r, "reference_arm": r["method_name"] == reference} for r in records]
     suffix = ""
     own_metric_tasks: set[str] = set()
     if metric:
@@ -1091,13 +1116,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="figures", help="folder for figures and tables")
     parser.add_argument("--metric", help="score by this metric instead of each run's selection metric (e.g. accuracy)")
     parser.add_argument("--resamples", type=int, help="bootstrap resamples (default 4000; fixed RNG seed)")
+    parser.add_argument(
+        "--reference",
+        help="the method (its name in the grid) whose rows stand in for full fine-tuning where that was out of reach, "
+        "e.g. lora-all; then only it is compared as the reference",
+    )
     args = parser.parse_args(argv)
 
     def report() -> None:
         if args.resamples is not None and args.resamples < 100:
             raise PetlError(f"--resamples {args.resamples} is too few; allowed: 100 or more")
         for results in args.results:
-            write_report(results, args.out, args.metric, args.resamples)
+            write_report(results, args.out, args.metric, args.resamples, args.reference)
 
     return exit_status(report)
 

@@ -40,13 +40,17 @@ def library_versions() -> dict[str, str]:
 
 
 def git_commit() -> dict[str, Any]:
+    """The commit the code ran from, and whether tracked files differ from it. Result files (`*.jsonl`)
+    do not count: a sweep appends to its committed JSONL, which changes no code."""
     try:
         commit = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(
+        status = subprocess.run(
             ["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=10
         )
         if commit.returncode == 0:
-            return {"commit": commit.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
+            changed = [line[3:] for line in status.stdout.splitlines() if line.strip()]
+            changed = [path for path in changed if not path.strip('"').endswith(".jsonl")]
+            return {"commit": commit.stdout.strip(), "dirty": bool(changed), **({"changed_files": changed[:10]} if changed else {})}
     except (OSError, subprocess.TimeoutExpired):
         pass
     # a copy of the tree without .git (a remote machine): the launcher may say which commit it is

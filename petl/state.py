@@ -4,7 +4,7 @@ Who writes which field, and who reads it:
 - `load_model` (petl.models): `pooler_type` (the resolved `--pooler_type`, `auto` included: what ran,
   recorded and saved with the delta) and `new_parameters` (what the checkpoint lacked and `--seed`
   initialised: the results record).
-- `apply_petl` (petl.core): `methods`, `owner`, `parts` - read by the parameter report, the optimizer's
+- `apply_petl` (petl.core): `methods`, `owner`, `parts`, `head` - read by the parameter report, the optimizer's
   groups, saving and loading deltas, the PEFT export, the layer cache and the trainer.
 - a method's `apply` (IDPG): `extra_inputs`, the tokenizers of the extra inputs it needs (see
   "The extra-inputs contract" in petl.registry).
@@ -40,6 +40,7 @@ class PetlState:
     methods: list[MethodConfig] | None = None  # the applied MethodConfigs, in order; None: apply_petl has not run
     owner: dict[str, tuple[str, int | None]] = field(default_factory=dict)  # trained parameter -> (method or "head", layer)
     parts: dict[str, str] = field(default_factory=dict)  # parameter -> part, for methods reporting parts (IDPG: generator, encoder)
+    head: list[str] = field(default_factory=list)  # parameters of the head's modules, whoever trains them (full fine-tuning owns them)
     pooler_type: str | None = None  # as resolved by load_model; None for a model it did not load
     new_parameters: list[str] = field(default_factory=list)  # parameters the checkpoint lacked, initialised from --seed
     cache_start: int | None = None  # first layer run on cached states (--cache_frozen_layers); None: no cache

@@ -106,7 +106,7 @@ from petl.grid import (
     run_values,
 )
 from petl.results import check_appendable
-from petl.tune_cells import TuneSpec, beyond_edge, choose, tune_for_method
+from petl.tune_cells import TuneSpec, beyond_edge, candidate_cell, choose, tune_for_method
 
 logger = logging.getLogger("petl.sweep")
 
@@ -172,11 +172,6 @@ def plan_units(grid: dict, cells: list[Cell], tunes: dict[str, TuneSpec | None])
             for values in group.spec.grid_candidates():
                 group.candidates.append(candidate_cell(first, values))
     return units
-
-
-def candidate_cell(first: Cell, values: dict) -> Cell:
-    """A tuned group's candidate: its first cell (first seed, tune layer) with the candidate's values."""
-    return replace(first, arguments={**first.arguments, **values}, tune_role="candidate", candidate=values)
 
 
 def edge_step(spec: TuneSpec, added: list[dict], chosen: dict) -> dict | None:

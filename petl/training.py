@@ -410,6 +410,9 @@ class BestStateCallback(TrainerCallback):
         self.best_step: int | None = None
         self.best_epoch: float | None = None
         self.best_state: dict[str, torch.Tensor] | None = None
+        # every metric of the best evaluation: once that state is restored, its validation scores are known
+        # and the final evaluation need not run the validation set again
+        self.best_metrics: dict[str, float] | None = None
         self.bad_evals = 0
         self.stopped = False  # early stopping has ended training
         self.history: list[dict] = []
@@ -429,6 +432,7 @@ class BestStateCallback(TrainerCallback):
             value = -math.inf if self.greater_is_better else math.inf
         if self._better(value):
             self.best_value, self.best_step, self.best_epoch = value, state.global_step, state.epoch
+            self.best_metrics = {"epoch": state.epoch, **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
             trained = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
             with gathered([p for _, p in trained]):  # collective under ZeRO-3; every rank evaluates
                 self.best_state = {n: p.detach().to("cpu", copy=True) for n, p in trained}
@@ -453,6 +457,7 @@ class BestStateCallback(TrainerCallback):
             "bad_evals": self.bad_evals,
             "stopped": self.stopped,
             "history": self.history,
+            "best_metrics": self.best_metrics,
             "has_best_state": self.best_state is not None,
         }
 
@@ -489,6 +494,7 @@ class BestStateCallback(TrainerCallback):
         self.bad_evals = int(saved.get("bad_evals") or 0)
         self.stopped = bool(saved.get("stopped"))
         self.history = list(saved.get("history") or [])
+        self.best_metrics = saved.get("best_metrics")  # None from older checkpoints: validation is evaluated again
         logger.info(
             "resumed the best state: %s=%s at step %s, %d evaluations so far, %d without improvement",
             self.metric_key,

@@ -29,11 +29,14 @@ import contextlib
 import itertools
 import json
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from petl.errors import PetlError
+
+if TYPE_CHECKING:
+    from petl.grid import Cell
 
 TUNE_OPTIONS = {"trials": 4, "scheduler": "fifo", "extend": 0}
 SCHEDULERS = ("fifo", "asha")
@@ -61,9 +64,9 @@ class TuneSpec:
 
 
 # arguments that define the split, the metric or the data a candidate is scored on: never a tuning axis
-EVALUATION_ARGUMENTS = frozenset({"split_mode", "split_seed", "max_eval_samples", "metric_for_best_model", "greater_is_better",
-                                  "eval_strategy", "eval_steps", "task_name", "glue_dir", "train_file", "validation_file", "test_file",
-                                  "max_train_samples", "train_fraction"})  # fmt: skip
+EVALUATION_ARGUMENTS = frozenset({"split_mode", "split_seed", "heldout_validation_size", "max_eval_samples", "metric_for_best_model",
+                                  "greater_is_better", "eval_strategy", "eval_steps", "task_name", "glue_dir", "train_file",
+                                  "validation_file", "test_file", "max_train_samples", "train_fraction"})  # fmt: skip
 
 
 def parse_tune(block: Any, where: str) -> TuneSpec | None:
@@ -207,8 +210,6 @@ def run_tune_groups(driver, groups: list, cpus: float, gpus: float, ray_address:
     i.e. no --skip_failed). A search counts as `trials` cells against --max_cells; groups past the budget
     wait for the next run. Tune's folders go to <output_dir>/ray/tune-<key>, removed after the search
     unless `keep_trials`."""
-    from dataclasses import replace
-
     from petl.grid import record_base
     from petl.ray_runtime import start_ray, stop_ray
 
@@ -224,8 +225,7 @@ def run_tune_groups(driver, groups: list, cpus: float, gpus: float, ray_address:
             if len(earlier) == group.spec.trials and not (failed and driver.retry_failed):
                 for rec in earlier:
                     values = rec.get("tune_values") or {}
-                    cell = replace(seed_cell, arguments={**seed_cell.arguments, **values}, tune_role="candidate", candidate=values,
-                                   trial=rec.get("tune_trial"))  # fmt: skip
+                    cell = candidate_cell(seed_cell, values, rec.get("tune_trial"))
                     group.candidates.append(cell)
                     group.finished[cell.cell_id] = rec
                 continue
@@ -241,7 +241,7 @@ def run_tune_groups(driver, groups: list, cpus: float, gpus: float, ray_address:
             for result in results:
                 values = {k: result.config[k] for k in (*group.spec.values, *group.spec.space)}
                 trial = (result.metrics or {}).get("trial_id") or result.path.rsplit("trial_", 1)[-1]
-                cell = replace(seed_cell, arguments={**seed_cell.arguments, **values}, tune_role="candidate", candidate=values, trial=trial)
+                cell = candidate_cell(seed_cell, values, trial)
                 group.candidates.append(cell)
                 driver.group_of[cell.cell_id] = group
                 cells.append((cell, result))
@@ -262,6 +262,12 @@ def run_tune_groups(driver, groups: list, cpus: float, gpus: float, ray_address:
         stop_ray(started)
 
 
+def candidate_cell(first: Cell, values: dict, trial: str | None = None) -> Cell:
+    """A tuned group's candidate: its first cell (first seed, tune layer) with the candidate's values;
+    `trial`, a Ray Tune candidate's trial id (its draws may repeat values)."""
+    return replace(first, arguments={**first.arguments, **values}, tune_role="candidate", candidate=values, trial=trial)
+
+
 def remove_search_folders(out: Path, key: str) -> None:
     """A group's Tune folder, <output_dir>/ray/tune-<key>, and <output_dir>/ray once empty."""
     shutil.rmtree(out / "ray" / f"tune-{key}", ignore_errors=True)
@@ -272,7 +278,6 @@ def remove_search_folders(out: Path, key: str) -> None:
 def _tune_search(driver, seed_cell, spec: TuneSpec, key: str, cpus: float, gpus: float):
     """One Tuner.fit over the group's space on its first seed; the ResultGrid."""
     import os
-    from dataclasses import replace
 
     from ray import tune
     from ray.tune.schedulers import FIFOScheduler
@@ -290,7 +295,7 @@ def _tune_search(driver, seed_cell, spec: TuneSpec, key: str, cpus: float, gpus:
     def trainable(config: dict) -> None:
         values = {k: config[k] for k in param_space}
         trial = tune.get_context().get_trial_id()
-        cell = replace(seed_cell, arguments={**seed_cell.arguments, **values}, tune_role="candidate", candidate=values, trial=trial)
+        cell = candidate_cell(seed_cell, values, trial)
         job = CellJob(cell, run_values(grid, cell, driver.out), record_base(grid, cell))
         entry = run_cell(job, threads=threads, cwd=cwd, callbacks=[validation_reporter(f"eval_{metric}")])
         score = validation_score(entry)

@@ -1,6 +1,7 @@
 """GLUE readers on the real files, the split protocols, custom files and bad input."""
 
 import json
+import re
 
 import pytest
 
@@ -82,6 +83,30 @@ def test_heldout_large_task_holds_out_training_examples():
     assert len(plan.eval_sets["validation"]) == 1000 and len(plan.train) == 11000
     assert not set(plan.eval_sets["validation"].ids) & set(plan.train.ids)
     assert len(plan.eval_sets["test"]) == 300 and len(plan.eval_sets["test_mismatched"]) == 200
+
+
+def test_heldout_validation_size_sets_how_many_training_examples_are_held_out():
+    raw = {"train": _split(12000), "dev": _split(300)}
+    plan = plan_splits(raw, ("dev",), (), "heldout", 1, max_train_samples=400, heldout_validation_size=500)
+    assert len(plan.eval_sets["validation"]) == 500 and len(plan.eval_sets["test"]) == 300 and len(plan.train) == 400
+    assert not set(plan.eval_sets["validation"].ids) & set(plan.train.ids)
+    assert plan.description["protocol"] == "500 training examples held out as validation; dev is test"
+    default = plan_splits(raw, ("dev",), (), "heldout", 1)
+    assert set(plan.eval_sets["validation"].ids) < set(default.eval_sets["validation"].ids)  # a prefix of the same shuffle
+
+
+@pytest.mark.parametrize(
+    "train,mode,size,message",
+    [
+        (500, "heldout", 100, "--heldout_validation_size 100 applies to tasks with 10,000+ training examples; this one has 500 "
+         "and splits its dev set 50/50 into validation and test"),
+        (12000, "official", 100, "--heldout_validation_size 100 needs --split_mode heldout (given: official)"),
+        (12000, "heldout", 12000, "--heldout_validation_size 12000 leaves no training data; allowed: 1 to 11,999"),
+    ],
+)  # fmt: skip
+def test_heldout_validation_size_where_it_cannot_apply_is_refused(train, mode, size, message):
+    with pytest.raises(PetlError, match=f"^{re.escape(message)}$"):
+        plan_splits({"train": _split(train), "dev": _split(100)}, ("dev",), (), mode, 1, heldout_validation_size=size)
 
 
 def test_official_mode_reports_every_dev_set():

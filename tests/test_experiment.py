@@ -88,3 +88,27 @@ def test_packaged_aliases_name_their_origin_and_unknown_architectures_say_where_
     model = AutoModelForSequenceClassification.from_config(config)
     with pytest.raises(PetlError, match=r"model_type 'gpt_neo' is not supported; supported: .*one entry in ARCHITECTURES, petl/arch.py"):
         arch_for(model)
+
+
+def test_the_restored_states_validation_scores_are_reused_not_evaluated_again(tmp_path, glue_dir):
+    """The best state was scored on the validation set when it was chosen; after restoring it the final
+    evaluation runs only the test set, and the record's validation metrics are that evaluation's."""
+    from transformers import TrainerCallback
+
+    class Evaluations(TrainerCallback):
+        def __init__(self):
+            self.prefixes: list[str] = []
+
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            self.prefixes.append(next(k for k in metrics if k.endswith("_loss")).removesuffix("_loss"))
+
+    seen = Evaluations()
+    argv = [*FAST, "--task_name", "mrpc", "--glue_dir", str(glue_dir), "--max_train_samples", "32", "--max_eval_samples", "32",
+            "--method", "lora", "--num_train_epochs", "2", "--split_mode", "heldout", "--output_dir", str(tmp_path / "run")]  # fmt: skip
+    record = run_glue.run(*run_glue.parse_args(argv), callbacks=[seen])
+    assert seen.prefixes == ["eval", "eval", "test"]  # two epochs chose the state; the final pass is test only
+    metric = record["selection_metric"]
+    best = max(record["evaluation_history"], key=lambda h: h[f"eval_{metric}"])  # the first of equals, as chosen
+    assert record["validation_metrics"][metric] == record["best_validation_score"] == best[f"eval_{metric}"]
+    assert record["validation_metrics"]["epoch"] == record["best_epoch"] == best["epoch"]
+    assert record["test_metrics"]["accuracy"] == record["reported_metrics"]["test"]["accuracy"]

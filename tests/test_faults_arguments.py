@@ -47,6 +47,7 @@ BAD_FLAGS = [
     (["--gradient_accumulation_steps", "0"], ["--gradient_accumulation_steps 0 is invalid"]),
     (["--max_train_samples", "-5"], ["--max_train_samples -5 is invalid"]),
     (["--max_eval_samples", "0"], ["--max_eval_samples 0 is invalid"]),
+    (["--heldout_validation_size", "0"], ["--heldout_validation_size 0 is invalid", ">= 1"]),
     (["--train_fraction", "1.5"], ["--train_fraction 1.5 is out of range", "(0, 1]"]),
     (["--seed", "99999999999999999999"], ["--seed 99999999999999999999 is out of range"]),
     (["--split_seed", "-1"], ["--split_seed -1 is out of range"]),
@@ -331,6 +332,15 @@ def test_a_selection_metric_the_task_does_not_report_is_refused_before_the_model
     code, err = run_main([*argv, "--metric_for_best_model", "bogus"], capsys)
     assert code == 2 and err[-1].startswith("error: --metric_for_best_model 'bogus' is not reported for this task"), err[-2:]
     assert "allowed: f1, accuracy, combined_score, loss" in err[-1] or "allowed: accuracy, f1, combined_score, loss" in err[-1]
+    assert not out.exists()
+
+
+def test_a_heldout_validation_size_the_task_cannot_use_is_one_line_and_nothing_written(tmp_path, capsys, glue_dir):
+    """MRPC (3,668 training examples) splits its dev set 50/50: a held-out size would be silently ignored."""
+    out = tmp_path / "run"
+    argv = [*FAST, *TINY_RUN, "--task_name", "mrpc", "--glue_dir", str(glue_dir), "--output_dir", str(out)]
+    code, err = run_main([*argv, "--heldout_validation_size", "500"], capsys)
+    assert_one_error_line(code, err, "--heldout_validation_size 500 applies to tasks with 10,000+ training examples; this one has 3,668")
     assert not out.exists()
 
 

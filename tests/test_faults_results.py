@@ -336,3 +336,22 @@ def test_a_bad_cell_anywhere_in_a_grid_is_refused_before_any_cell_trains(methods
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith(f"error: grid file {path!r}: ") and message in err[-1], err[-1:]
     assert ran == [] and not (tmp_path / "faults.jsonl").exists()
+
+
+def test_a_results_file_appended_to_does_not_make_the_tree_dirty(tmp_path, monkeypatch):
+    """A sweep appends to its committed JSONL: records stay "clean" until code changes, which they name."""
+    import subprocess
+
+    from petl import results
+
+    git = lambda *a: subprocess.run(["git", "-C", str(tmp_path), *a], check=True, capture_output=True)  # noqa: E731
+    git("init", "-q")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    (tmp_path / "runs.jsonl").write_text("{}\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c")
+    monkeypatch.setattr(results, "REPO_ROOT", tmp_path)
+    (tmp_path / "runs.jsonl").write_text("{}\n{}\n")
+    assert results.git_commit()["dirty"] is False
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert results.git_commit() == {"commit": results.git_commit()["commit"], "dirty": True, "changed_files": ["code.py"]}

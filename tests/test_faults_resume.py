@@ -206,6 +206,7 @@ def test_best_state_round_trips_through_a_checkpoint(tmp_path):
     loaded.load_checkpoint_state(record, tmp_path)
     assert (loaded.best_step, loaded.best_epoch, loaded.best_value, loaded.bad_evals) == (8, 2.0, 0.75, 1)
     assert loaded.history == saved.history and len(loaded.history) == 3
+    assert loaded.best_metrics == saved.best_metrics == {"epoch": 2.0, "eval_accuracy": 0.75}  # the final report reuses them
     assert loaded.best_state.keys() == saved.best_state.keys()
     assert all(torch.equal(loaded.best_state[n], saved.best_state[n]) for n in saved.best_state)
 

@@ -97,6 +97,14 @@ def test_parameter_counts_equal_the_formula(arch):
         assert summary["head_parameters"] == head > 0
         assert summary["backbone_parameters"] == sum(p.numel() for p in base.parameters()) - head
 
+    # full fine-tuning trains the head too, but its count "without head" is the backbone's, and the head is counted as the head
+    model = apply_petl(clone(base), [make_config("full")])
+    summary = trainable_summary(model)
+    total = sum(p.numel() for p in base.parameters())
+    assert summary["trainable_parameters"] == total and summary["head_parameters"] == head
+    assert summary["trainable_parameters_without_head"] == summary["backbone_parameters"] == total - head
+    assert sum(r["parameters"] for r in summary["rows"] if r["method"] == "full") == total - head
+
 
 def test_adapterhub_preset_counts_on_roberta_base():
     cfg = RobertaConfig(

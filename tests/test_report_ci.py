@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 
+from petl.errors import PetlError
 from petl.metrics import glue_metrics
 from petl.report import NO_CI, NOT_SEPARABLE, TaskStudy, build_arms, derived_cells, glue_table, write_report
 from petl.stats import PairedBootstrap
@@ -220,3 +221,37 @@ def test_each_arm_is_compared_with_the_constant_predictor_on_the_same_draws():
     assert same.difference == pytest.approx(0.0) and same.interval == (0.0, 0.0) and same.verdict == NOT_SEPARABLE
     better = study.constant_comparison(arms["ffn"])
     assert better.interval[0] > 0 and better.verdict.endswith("better") and better.right == "constant predictor"
+
+
+def test_full_fine_tuning_records_that_counted_the_head_in_report_the_backbone():
+    """Records written before the fix counted full fine-tuning's head as trained "without head"
+    (head_parameters 0); the report's parameter column shows the backbone, as for new records."""
+    from petl.report import trainable_without_head
+
+    legacy = {**rec("full", noisy(0.8, 1), 0.8, method="full"), "trainable_parameters_without_head": 22_713_986,
+              "head_parameters": 0, "backbone_parameters": 22_565_376}  # fmt: skip
+    fixed = {**legacy, "trainable_parameters_without_head": 22_565_376, "head_parameters": 148_610}
+    lora = {**rec("lora", noisy(0.7, 1), 0.7), "trainable_parameters_without_head": 12_288, "head_parameters": 0,
+            "backbone_parameters": 22_565_376}  # fmt: skip
+    assert trainable_without_head(legacy) == trainable_without_head(fixed) == 22_565_376
+    assert trainable_without_head(lora) == 12_288  # only full fine-tuning trains exactly its backbone
+
+
+def test_a_named_reference_takes_full_fine_tunings_place(tmp_path):
+    """Where full fine-tuning is out of reach (SmolLM2 on a CPU), --reference names the row compared in its
+    place: every chosen row against it, and the best-PETL and gap-bridged rows use it."""
+    records = [rec("lora", noisy(0.7, s), 0.7, s, layer=layer) for layer in (0, 1) for s in (1, 2)]
+    records += [rec("raw", noisy(0.6, 10 + s), 0.6, s, layer=layer, method="head") for layer in (0, 1) for s in (1, 2)]
+    records += [rec("lora-all", noisy(0.9, 20 + s), 0.9, s) for s in (1, 2)]
+    path = tmp_path / "ref.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    written = write_report(str(path), str(tmp_path / "fig"), resamples=200, reference="lora-all")
+    written = {p.name: p.read_text() for p in written if p.suffix == ".md"}
+    assert "### Each method at its validation-chosen layer vs the reference (lora-all)" in written["comparisons_mrpc_tiny.md"]
+    table = written["table_ref_tiny.md"]
+    assert "| best PETL - lora-all | -" in table and "lora-all better" in table  # 0.7 vs 0.9: separable
+    assert "| lora | **" in table and "| lora-all | 90.0" in table  # the reference is a row, never the best PETL row
+    plain = {p.name: p.read_text() for p in write_report(str(path), str(tmp_path / "plain"), resamples=200) if p.suffix == ".md"}
+    assert "| best PETL - full |  |" in plain["table_ref_tiny.md"]  # without it: no full fine-tuning, nothing compared
+    with pytest.raises(PetlError, match=r"^--reference 'full' names no method of .*ref.jsonl; allowed: lora, lora-all, raw$"):
+        write_report(str(path), str(tmp_path / "none"), reference="full")
