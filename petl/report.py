@@ -615,6 +615,10 @@ def comparison_table(study: TaskStudy) -> list[str]:
                 if left in at and right in at:
                     pairs.append(study.compare(at[left], at[right]))
     lines += section("Method vs method at the same layer", pairs)
+    chosen = [a for a in study.petl_rows() if a.layer is not None and not a.setting]
+    between = [study.compare(left, right, f"{left.label} (chosen)", f"{right.label} (chosen)")
+               for i, left in enumerate(chosen) for right in chosen[i + 1 :]]  # fmt: skip
+    lines += section("Method vs method, each at its own validation-chosen layer", between)
     profile = []
     for name in study.method_names():
         chosen = study.best_layer(name)

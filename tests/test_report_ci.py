@@ -255,3 +255,17 @@ def test_a_named_reference_takes_full_fine_tunings_place(tmp_path):
     assert "| best PETL - full |  |" in plain["table_ref_tiny.md"]  # without it: no full fine-tuning, nothing compared
     with pytest.raises(PetlError, match=r"^--reference 'full' names no method of .*ref.jsonl; allowed: lora, lora-all, raw$"):
         write_report(str(path), str(tmp_path / "none"), reference="full")
+
+
+def test_methods_are_also_compared_each_at_its_own_chosen_layer(tmp_path):
+    """Finding 1 compares FFN methods with the others at the same layer AND at each one's chosen layer."""
+    records = [rec("ffn", noisy(0.8 if layer == 1 else 0.6, 10 * layer + s), 0.8 if layer == 1 else 0.6, s, layer=layer, method="ffn")
+               for layer in (0, 1) for s in (1, 2)]  # fmt: skip
+    records += [rec("lora", noisy(0.7 if layer == 0 else 0.5, 50 + 10 * layer + s), 0.7 if layer == 0 else 0.5, s, layer=layer)
+                for layer in (0, 1) for s in (1, 2)]  # fmt: skip
+    path = tmp_path / "chosen.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    text = next(p for p in write_report(str(path), str(tmp_path / "fig"), resamples=200) if p.name == "comparisons_mrpc_tiny.md").read_text()
+    section = text.split("### Method vs method, each at its own validation-chosen layer")[1].split("###")[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ffn")]
+    assert len(rows) == 1 and rows[0].startswith("| ffn@1 (chosen) | lora@0 (chosen) | +"), rows
