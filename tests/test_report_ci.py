@@ -265,7 +265,8 @@ def test_methods_are_also_compared_each_at_its_own_chosen_layer(tmp_path):
                 for layer in (0, 1) for s in (1, 2)]  # fmt: skip
     path = tmp_path / "chosen.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    text = next(p for p in write_report(str(path), str(tmp_path / "fig"), resamples=200) if p.name == "comparisons_mrpc_tiny.md").read_text()
+    written = write_report(str(path), str(tmp_path / "fig"), resamples=200)
+    text = next(p for p in written if p.name == "comparisons_mrpc_tiny.md").read_text()
     section = text.split("### Method vs method, each at its own validation-chosen layer")[1].split("###")[0]
     rows = [line for line in section.splitlines() if line.startswith("| ffn")]
     assert len(rows) == 1 and rows[0].startswith("| ffn@1 (chosen) | lora@0 (chosen) | +"), rows
