@@ -68,6 +68,8 @@ TUNED_AXES = frozenset(
 PROBE_RUN_METHODS = ("head", "linear-probe")
 RESAMPLED_METRICS = ("accuracy", "f1", "matthews_correlation", "pearson", "spearmanr", "combined_score")
 NOT_SEPARABLE = "not separable at this budget"
+BORDERLINE = "borderline"  # one CI end within BORDERLINE_POINTS of zero: another bootstrap RNG seed may flip the verdict
+BORDERLINE_POINTS = 0.2
 NO_CI = "no CI: records without per-example predictions"
 # one colour per method in every figure; other names get a stable colour from their name
 METHOD_COLOURS = {
@@ -380,8 +382,20 @@ class Comparison:
             return f"{self.right} better"
         return NOT_SEPARABLE
 
+    @property
+    def borderline(self) -> bool:
+        """Exactly one end of the CI lies within BORDERLINE_POINTS of zero (both there: no difference at all)."""
+        if self.interval is None:
+            return False
+        near = [abs(bound) <= BORDERLINE_POINTS for bound in self.interval]
+        return near[0] != near[1]
+
+    @property
+    def shown_verdict(self) -> str:
+        return f"{self.verdict} ({BORDERLINE})" if self.borderline else self.verdict
+
     def cells(self) -> list[str]:
-        return [self.left, self.right, _signed(self.difference, self.interval), self.verdict, self.seeds]
+        return [self.left, self.right, _signed(self.difference, self.interval), self.shown_verdict, self.seeds]
 
 
 def _signed(value: float, interval: tuple[float, float] | None) -> str:
@@ -587,7 +601,8 @@ def comparison_table(study: TaskStudy) -> list[str]:
 
     lines = [f"{_describe(study.records)}.", _choices_note(),
              f"Decision rule: a difference is claimed only when its 95% CI excludes zero; otherwise \"{NOT_SEPARABLE}\". "
-             f"CIs: {study.ci_note}.", ""]  # fmt: skip
+             f"\"{BORDERLINE}\": one CI end within {BORDERLINE_POINTS} points of zero, so the verdict may flip with the "
+             f"bootstrap's random draws. CIs: {study.ci_note}.", ""]  # fmt: skip
     vs_probe = []
     for name in study.method_names(probes=False):
         for arm in (a for a in study.layered() if a.name == name):
@@ -786,7 +801,7 @@ def _difference(study: TaskStudy, left: Arm | None, right: Arm | None) -> str:
     if left is None or right is None:
         return ""
     comparison = study.compare(left, right)
-    return f"{_signed(comparison.difference, comparison.interval)}: {comparison.verdict}"
+    return f"{_signed(comparison.difference, comparison.interval)}: {comparison.shown_verdict}"
 
 
 def _ratio(numerator, denominator, name: str) -> str:
@@ -1011,9 +1026,12 @@ def _save_figure(fig, path: Path) -> Path:
 
 def compute_summary(records: list[dict]) -> str:
     """Summed cell wall-clock time per kind of machine. Cells run side by side on one machine (sweep
-    shards) each count their own wall-clock time, so on a shared GPU this exceeds the time it was held."""
+    shards) each count their own wall-clock time, so on a shared GPU this exceeds the time it was held.
+    A tuned group's first-seed final that reuses its chosen candidate's run (`reused_from`) ran nothing."""
     hours: dict[str, float] = defaultdict(float)
     for r in records:
+        if r.get("reused_from"):
+            continue
         hw = r.get("hardware") or {}
         where = hw.get("gpu") or (f"CPU ({hw['cpu_count']} cores)" if hw.get("cpu_count") else "CPU")
         hours[where] += (r.get("cell_seconds") or r.get("wall_time_seconds") or 0) / 3600
@@ -1092,7 +1110,8 @@ def write_report(
         stem = Path(results).stem
         md = [f"{_describe(kept)}. Test mean [95% CI] (or ± std over seeds where no per-example predictions were recorded) "
               "@ the layer chosen on validation; bold: the PETL row chosen on validation per task.", _choices_note(),
-              f"Decision rule: a difference is claimed only when its 95% CI excludes zero, else \"{NOT_SEPARABLE}\"; "
+              f"Decision rule: a difference is claimed only when its 95% CI excludes zero, else \"{NOT_SEPARABLE}\" "
+              f"(\"{BORDERLINE}\": one CI end within {BORDERLINE_POINTS} points of zero); "
               "ratio rows are n/a when their denominator's CI includes zero.", ""]  # fmt: skip
         md.append("| " + " | ".join(header) + " |")
         md.append("|" + "---|" * len(header))

@@ -203,6 +203,11 @@ def test_a_bound_at_zero_claims_nothing():
     assert estimate.interval()[0] == 0.0 and not estimate.excludes_zero()
     assert Comparison("a", "b", 4.4, (0.02, 8.8), "1").verdict == NOT_SEPARABLE
     assert Comparison("a", "b", 4.4, (0.06, 8.8), "1").verdict == "a better"
+    # an end within 0.2 of zero is marked: another bootstrap seed may flip the verdict (both ends at zero: no difference)
+    assert Comparison("a", "b", 4.4, (0.02, 8.8), "1").cells()[3] == "not separable at this budget (borderline)"
+    assert Comparison("a", "b", 4.4, (0.15, 8.8), "1").cells()[3] == "a better (borderline)"
+    assert Comparison("a", "b", 4.4, (0.25, 8.8), "1").cells()[3] == "a better"
+    assert Comparison("a", "b", 0.0, (0.0, 0.0), "1").cells()[3] == "not separable at this budget"
 
 
 def test_each_arm_is_compared_with_the_constant_predictor_on_the_same_draws():
@@ -270,3 +275,14 @@ def test_methods_are_also_compared_each_at_its_own_chosen_layer(tmp_path):
     section = text.split("### Method vs method, each at its own validation-chosen layer")[1].split("###")[0]
     rows = [line for line in section.splitlines() if line.startswith("| ffn")]
     assert len(rows) == 1 and rows[0].startswith("| ffn@1 (chosen) | lora@0 (chosen) | +"), rows
+
+
+def test_cell_time_counts_a_reused_run_once():
+    """A first-seed final that reuses its chosen candidate's run carries that run's cell_seconds: not twice."""
+    from petl.report import compute_summary
+
+    hardware = {"cpu_count": 2}
+    candidate = {**rec("lora", None, 0.7, test=0.7), "cell_seconds": 1800.0, "hardware": hardware}
+    final = {**candidate, "cell_id": "final", "reused_from": candidate["cell_id"]}
+    other = {**candidate, "cell_id": "seed2", "seed": 2}
+    assert compute_summary([candidate, final, other]) == "cell time recorded: 1.00 h on CPU (2 cores)"
