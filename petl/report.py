@@ -634,6 +634,13 @@ def comparison_table(study: TaskStudy) -> list[str]:
     between = [study.compare(left, right, f"{left.label} (chosen)", f"{right.label} (chosen)")
                for i, left in enumerate(chosen) for right in chosen[i + 1 :]]  # fmt: skip
     lines += section("Method vs method, each at its own validation-chosen layer", between)
+    # a scale-up: every pair of PETL arms at a layer where some arm varies a setting (adapter width, ...),
+    # so each width meets the others and the arms that spend parameters another way (two layers, +LoRA)
+    settings = []
+    for layer in sorted({a.layer for a in study.arms if a.setting and a.layer is not None}):
+        at = [a for a in study.arms if a.layer == layer and not a.probe and not a.full]
+        settings += [study.compare(left, right) for i, left in enumerate(at) for right in at[i + 1 :]]
+    lines += section("Settings: every pair of PETL arms at a layer where a setting varies", settings)
     profile = []
     for name in study.method_names():
         chosen = study.best_layer(name)
