@@ -294,6 +294,12 @@ def trainable_without_head(rec: dict) -> int | None:
     return count
 
 
+def _setting_order(setting: dict) -> tuple:
+    """Settings in numeric order where they are numbers (adapter_dim 1, 2, 4, 16, not 1, 16, 2, 4)."""
+    numeric = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
+    return tuple((k, (0, v, "") if numeric(v) else (1, 0, str(v))) for k, v in sorted(setting.items()))
+
+
 def _candidate_key(rec: dict) -> str:
     return json.dumps(tuned_setting(rec), sort_keys=True)
 
@@ -348,7 +354,7 @@ def build_arms(records: list[dict]) -> list[Arm]:
             )
         )
     order = {name: i for i, name in enumerate(dict.fromkeys(r["method_name"] for r in records))}
-    arms.sort(key=lambda a: (order[a.name], -1 if a.layer is None else a.layer, json.dumps(a.setting, sort_keys=True)))
+    arms.sort(key=lambda a: (order[a.name], -1 if a.layer is None else a.layer, _setting_order(a.setting)))
     return arms
 
 

@@ -292,7 +292,7 @@ def test_a_scale_up_compares_every_pair_of_petl_arms_at_its_layer(tmp_path):
     """Widths meet each other and the arms that spend parameters another way (two layers) at the same layer;
     probes are not in these pairs (they have their own section)."""
     records = [rec("width", noisy(0.6 + dim / 1000, 10 * dim + s), 0.7, s, layer=1, method="pfeiffer", setting={"adapter_dim": dim})
-               for dim in (1, 64) for s in (1, 2)]  # fmt: skip
+               for dim in (1, 64, 16) for s in (1, 2)]  # fmt: skip
     records += [rec("two-layers", noisy(0.75, 90 + s), 0.75, s, layer=1, method="pfeiffer") for s in (1, 2)]
     records += [rec("raw", noisy(0.6, 95 + s), 0.6, s, layer=1, method="head") for s in (1, 2)]
     path = tmp_path / "scale.jsonl"
@@ -301,5 +301,11 @@ def test_a_scale_up_compares_every_pair_of_petl_arms_at_its_layer(tmp_path):
     text = next(p for p in written if p.name == "comparisons_mrpc_tiny.md").read_text()
     section = text.split("### Settings: every pair of PETL arms at a layer where a setting varies")[1].split("###")[0]
     pairs = [tuple(c.strip() for c in line.split("|")[1:3]) for line in section.splitlines() if line.startswith("| ") and "---" not in line]
-    assert pairs[1:] == [("width@1 adapter_dim=1", "width@1 adapter_dim=64"), ("width@1 adapter_dim=1", "two-layers@1"),
-                         ("width@1 adapter_dim=64", "two-layers@1")], pairs  # fmt: skip
+    assert pairs[1:] == [
+        ("width@1 adapter_dim=1", "width@1 adapter_dim=16"),
+        ("width@1 adapter_dim=1", "width@1 adapter_dim=64"),
+        ("width@1 adapter_dim=1", "two-layers@1"),
+        ("width@1 adapter_dim=16", "width@1 adapter_dim=64"),
+        ("width@1 adapter_dim=16", "two-layers@1"),
+        ("width@1 adapter_dim=64", "two-layers@1"),
+    ], pairs  # numeric order
