@@ -24,7 +24,7 @@ Writes, per model and task:
   figure (METHOD_COLOURS), bands = 95% CI (bootstrap over examples and seeds, or a t-interval over
   seeds without predictions; the figure says which), the validation-chosen layer marked, probe and
   full fine-tuning with their CIs, the constant predictor dotted; legend outside the axes;
-- comparisons_<task>_<model>.md: every paired comparison above, with its CI and verdict, and the
+- comparisons_<task>_<model>.md (comparisons_scale_up_... for a scale-up): every paired comparison above, with its CI and verdict, and the
   hyperparameter choices;
 - scale_up_<task>_<model>.png / .md, instead of the layers_ files, when a method has a numeric
   non-optimiser setting axis (e.g. adapter_dim): score vs that setting at the method's
@@ -1094,7 +1094,8 @@ def write_report(
                 continue
             task_recs = [r for r in recs if r["task"] == task]
             study = TaskStudy(task_recs, resamples)
-            if any(_numeric_axes(r) for r in task_recs):
+            scale_up = any(_numeric_axes(r) for r in task_recs)
+            if scale_up:
                 # a scale-up study: its per-layer panel and table belong to the scale_up_ files, so a
                 # layer study of the same task and model keeps its layers_ files
                 fig, (left, right) = plt.subplots(1, 2, figsize=(16, 5), layout="constrained")
@@ -1113,7 +1114,8 @@ def write_report(
                 path = out / f"layers_{task}_{model}{suffix}.md"
                 write_text_atomic(path, "\n".join(layer_table(task_recs, study)) + "\n")
                 written.append(path)
-            path = out / f"comparisons_{task}_{model}{suffix}.md"
+            # a scale-up's comparisons beside its scale_up_ files: a layer study of the same task and model keeps its own
+            path = out / f"comparisons_{'scale_up_' if scale_up else ''}{task}_{model}{suffix}.md"
             write_text_atomic(path, "\n".join(comparison_table(study)) + "\n")
             written.append(path)
         kept = [r for r in recs if r["task"] not in own_metric_tasks]
