@@ -615,7 +615,9 @@ def comparison_table(study: TaskStudy) -> list[str]:
             probe = study.probe_at(arm.layer)
             if probe is not None:
                 vs_probe.append(study.compare(arm, probe))
-    lines += section("Each method vs the probe at the same layer (probe kind chosen on validation)", vs_probe)
+    title = ("Each method vs the probe at the same layer (probe kind chosen on validation; the probe reads layer L, the method "
+             "at L keeps the frozen layers above L: the fair probe is the validation-chosen one over all layers)")  # fmt: skip
+    lines += section(title, vs_probe)
     chosen_rows = [(arm, f"{arm.label} (layer chosen on validation)" if arm.layer is not None else None)
                    for arm in [*study.petl_rows(), *study.probe_rows()]]  # fmt: skip
     full_arm = study.full_arm()
