@@ -618,6 +618,12 @@ def comparison_table(study: TaskStudy) -> list[str]:
     title = ("Each method vs the probe at the same layer (probe kind chosen on validation; the probe reads layer L, the method "
              "at L keeps the frozen layers above L: the fair probe is the validation-chosen one over all layers)")  # fmt: skip
     lines += section(title, vs_probe)
+    best_probe = study.best_probe()
+    if best_probe is not None:
+        probe_label = f"{best_probe.label} (chosen)"
+        vs_best = [study.compare(arm, best_probe, f"{arm.label} (chosen)" if arm.layer is not None else None, probe_label)
+                   for arm in study.petl_rows()]  # fmt: skip
+        lines += section("Each method at its validation-chosen layer vs the validation-chosen probe over all layers", vs_best)
     chosen_rows = [(arm, f"{arm.label} (layer chosen on validation)" if arm.layer is not None else None)
                    for arm in [*study.petl_rows(), *study.probe_rows()]]  # fmt: skip
     full_arm = study.full_arm()

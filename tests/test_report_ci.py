@@ -299,6 +299,9 @@ def test_a_scale_up_compares_every_pair_of_petl_arms_at_its_layer(tmp_path):
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     written = write_report(str(path), str(tmp_path / "fig"), resamples=200)
     assert "comparisons_mrpc_tiny.md" not in {p.name for p in written}  # a layer study's file of the same task and model stays
+    fair = next(p for p in written if p.name == "comparisons_scale_up_mrpc_tiny.md").read_text()
+    fair = fair.split("### Each method at its validation-chosen layer vs the validation-chosen probe over all layers")[1].split("###")[0]
+    assert "| two-layers@1 (chosen) | raw@1 (chosen) | +" in fair and "| width@1 adapter_dim=64 (chosen) | raw@1 (chosen) | +" in fair
     text = next(p for p in written if p.name == "comparisons_scale_up_mrpc_tiny.md").read_text()
     section = text.split("### Settings: every pair of PETL arms at a layer where a setting varies")[1].split("###")[0]
     pairs = [tuple(c.strip() for c in line.split("|")[1:3]) for line in section.splitlines() if line.startswith("| ") and "---" not in line]
