@@ -542,9 +542,16 @@ def _constant_score(records: list[dict]) -> float | None:
     return statistics.fmean(values) if values else None
 
 
+def _replicates(arm: Arm) -> str:
+    """n seeds, and "identical" when every seed predicted the same (a deterministic fit, the linear probe's)."""
+    values = [json.dumps((r.get("test_predictions") or {}).get("values")) for r in arm.records]
+    same = len(values) > 1 and values[0] != "null" and len(set(values)) == 1
+    return f"{len(values)}, identical" if same else str(len(values))
+
+
 def _format(arm: Arm, study: TaskStudy, mark: str = "") -> str:
     band, kind = study.interval(arm)
-    n = len(arm.records)
+    n = _replicates(arm)
     if band is None:
         return f"{arm.test_mean:.1f}{mark} (n={n})"
     return f"{arm.test_mean:.1f}{mark} [{band[0]:.1f}, {band[1]:.1f}] (n={n})"

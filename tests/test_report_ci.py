@@ -313,3 +313,16 @@ def test_a_scale_up_compares_every_pair_of_petl_arms_at_its_layer(tmp_path):
         ("width@1 adapter_dim=16", "two-layers@1"),
         ("width@1 adapter_dim=64", "two-layers@1"),
     ], pairs  # numeric order
+
+
+def test_seeds_that_predicted_identically_are_marked_in_the_tables(tmp_path):
+    """The linear probe is a deterministic fit: its 3 "seeds" are one run, and the layer table says so."""
+    same = noisy(0.7, 1)
+    records = [rec("linear-probe", same, 0.7, s, layer=layer, method="linear-probe") for layer in (0, 1) for s in (1, 2, 3)]
+    records += [rec("lora", noisy(0.7, 10 * layer + s), 0.7, s, layer=layer) for layer in (0, 1) for s in (1, 2, 3)]
+    path = tmp_path / "probe.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    table = next(p for p in write_report(str(path), str(tmp_path / "fig"), resamples=200) if p.name == "layers_mrpc_tiny.md").read_text()
+    probe_row = next(line for line in table.splitlines() if line.startswith("| linear-probe"))
+    lora_row = next(line for line in table.splitlines() if line.startswith("| lora"))
+    assert probe_row.count("(n=3, identical)") == 2 and "identical" not in lora_row and lora_row.count("(n=3)") == 2
