@@ -446,7 +446,7 @@ def plan_splits(
 ) -> SplitPlan:
     """Build the split plan. `heldout` never reports on what it selects on:
     small tasks (< 10k train) split dev 50/50 into validation/test; larger tasks hold out 1,000
-    training examples as validation and report on dev. Seeded by `split_seed` alone, so every
+    (or `heldout_validation_size`) training examples as validation and report on dev. Seeded by `split_seed` alone, so every
     training seed and every process sees the same split."""
     if "train" not in raw:
         raise PetlError("no training data: give a training file or a task with a train split")
