@@ -43,6 +43,7 @@ import argparse
 import csv
 import functools
 import io
+import itertools
 import json
 import math
 import os
@@ -642,25 +643,23 @@ def comparison_table(study: TaskStudy) -> list[str]:
         rows = [study.compare(arm, full, f"{arm.label} (layer chosen on validation)" if arm.layer is not None else None)
                 for arm in [*study.petl_rows(), *study.probe_rows()]]  # fmt: skip
         lines += section(f"Each method at its validation-chosen layer vs {study.reference_title}", rows)
-    pairs = []
     petl = study.method_names(probes=False)
+    pairs = []
     for layer in sorted({a.layer for a in study.layered()}):
         at = {a.name: a for a in study.layered() if a.layer == layer}
-        for i, left in enumerate(petl):
-            for right in petl[i + 1 :]:
-                if left in at and right in at:
-                    pairs.append(study.compare(at[left], at[right]))
+        pairs += [study.compare(left, right) for left, right in itertools.combinations([at[n] for n in petl if n in at], 2)]
     lines += section("Method vs method at the same layer", pairs)
     chosen = [a for a in study.petl_rows() if a.layer is not None and not a.setting]
-    between = [study.compare(left, right, f"{left.label} (chosen)", f"{right.label} (chosen)")
-               for i, left in enumerate(chosen) for right in chosen[i + 1 :]]  # fmt: skip
+    between = [
+        study.compare(left, right, f"{left.label} (chosen)", f"{right.label} (chosen)") for left, right in itertools.combinations(chosen, 2)
+    ]
     lines += section("Method vs method, each at its own validation-chosen layer", between)
     # a scale-up: every pair of PETL arms at a layer where some arm varies a setting (adapter width, ...),
     # so each width meets the others and the arms that spend parameters another way (two layers, +LoRA)
     settings = []
     for layer in sorted({a.layer for a in study.arms if a.setting and a.layer is not None}):
         at = [a for a in study.arms if a.layer == layer and not a.probe and not a.full]
-        settings += [study.compare(left, right) for i, left in enumerate(at) for right in at[i + 1 :]]
+        settings += [study.compare(left, right) for left, right in itertools.combinations(at, 2)]
     lines += section("Settings: every pair of PETL arms at a layer where a setting varies", settings)
     profile = []
     for name in study.method_names():
