@@ -47,6 +47,7 @@ import itertools
 import json
 import math
 import os
+import re
 import statistics
 import sys
 import zlib
@@ -246,6 +247,7 @@ class Arm:
     candidates: dict = field(default_factory=dict)  # candidate (json) -> mean validation score over the shared seeds
     choice_seeds: list = field(default_factory=list)
     trusted: bool = False  # chosen by a tuned sweep (tune.chosen), not here
+    tuned_at: int | None = None  # the layer a tuned sweep chose at, where it differs from this arm's (tune_layer)
 
     @property
     def label(self) -> str:
@@ -305,6 +307,12 @@ def _candidate_key(rec: dict) -> str:
     return json.dumps(tuned_setting(rec), sort_keys=True)
 
 
+def _cell_coordinate(cell_id: str | None, key: str) -> str | None:
+    """`key`'s value in a sweep cell id ("sst2/lora/layer=15/tune.learning_rate=0.01/seed=1"), or None."""
+    found = re.search(rf"(?:^|/){re.escape(key)}=([^/]+)", cell_id or "")
+    return found.group(1) if found else None
+
+
 def build_arms(records: list[dict]) -> list[Arm]:
     """Group records into arms and choose each arm's tuned hyperparameters on validation (see the module
     docstring). A tuned sweep's candidate records (`tune_role: candidate`) are not arms: its final
@@ -331,8 +339,13 @@ def build_arms(records: list[dict]) -> list[Arm]:
             # were not re-run): its score belongs to the evidence shown
             for key, value in later[(model_tag(recs[0]), recs[0]["task"], recs[0].get("tune_group"))].items():
                 means.setdefault(key, value)
-            seeds = sorted({r["seed"] for r in recs if r.get("reused_from")})
-            arms.append(Arm(name, layer, json.loads(setting), recs, dict(tuned["chosen"]), means, seeds, trusted=True))
+            # the seeds and the layer the candidates ran at (a tune_layer sweep reuses one layer's choice at the others)
+            ran = [c.get("cell_id") for c in tuned.get("candidates") or []]
+            seeds = sorted({int(s) for s in (_cell_coordinate(c, "seed") for c in ran) if s and s.isdigit()})
+            seeds = seeds or sorted({r["seed"] for r in recs if r.get("reused_from")})
+            at = _cell_coordinate(tuned.get("chosen_cell_id"), "layer")
+            tuned_at = int(at) if at and at.isdigit() and int(at) != layer else None
+            arms.append(Arm(name, layer, json.loads(setting), recs, dict(tuned["chosen"]), means, seeds, True, tuned_at))
             continue
         candidates: dict[str, list[dict]] = defaultdict(list)
         for r in recs:
@@ -377,6 +390,7 @@ class Comparison:
     interval: tuple[float, float] | None
     seeds: str
     note: str = ""
+    arms: tuple = field(default=(), repr=False)  # (left, right): to compare again on other seeds
 
     @property
     def verdict(self) -> str:
@@ -467,16 +481,21 @@ class TaskStudy:
         common = sorted(set.intersection(*(set(a.seeds) for a in arms)))
         return common or None
 
-    def compare(self, left: Arm, right: Arm, left_label: str | None = None, right_label: str | None = None) -> Comparison:
+    def compare(self, left: Arm, right: Arm, left_label: str | None = None, right_label: str | None = None,
+                seeds_wanted: list[int] | None = None) -> Comparison:  # fmt: skip
+        """left minus right over the seeds both ran (or those of `seeds_wanted` both ran), paired by seed and test example."""
         seeds = self.shared_seeds(left, right)
+        if seeds is not None and seeds_wanted is not None:
+            seeds = [s for s in seeds if s in seeds_wanted] or None
         shown = f"{','.join(map(str, seeds))}" if seeds else "unpaired seeds"
         a, b = self.estimate(left, seeds), self.estimate(right, seeds)
         names = (left_label or left.label, right_label or right.label)
         if a is None or b is None:
             diff = _mean([score(r) for r in left.by_seed(seeds)]) - _mean([score(r) for r in right.by_seed(seeds)])
-            return Comparison(*names, diff, None, shown, self.ci_note if self.bootstrap is None else "no CI: test examples differ")
+            note = self.ci_note if self.bootstrap is None else "no CI: test examples differ"
+            return Comparison(*names, diff, None, shown, note, (left, right))
         d = a - b
-        return Comparison(*names, d.point, d.interval(), shown)
+        return Comparison(*names, d.point, d.interval(), shown, arms=(left, right))
 
     def constant_comparison(self, arm: Arm, label: str | None = None) -> Comparison | None:
         """The arm minus the constant predictor (the training majority class, which scores the recorded
@@ -607,10 +626,12 @@ def layer_table(records: list[dict], study: TaskStudy | None = None) -> list[str
 def comparison_table(study: TaskStudy) -> list[str]:
     """Markdown: every paired comparison (difference in points, 95% CI, verdict) and the hyperparameter choices."""
     header = ["| A | B | A - B (points) [95% CI] | verdict | seeds |", "|---|---|---|---|---|"]
+    compared: list[Comparison] = []
 
     def section(title: str, comparisons: list[Comparison]) -> list[str]:
         if not comparisons:
             return []
+        compared.extend(comparisons)
         return [f"### {title}", "", *header, *("| " + " | ".join(c.cells()) + " |" for c in comparisons), ""]
 
     lines = [f"{_describe(study.records)}.", _choices_note(),
@@ -669,6 +690,7 @@ def comparison_table(study: TaskStudy) -> list[str]:
         for arm in (a for a in study.layered() if a.name == name and a is not chosen):
             profile.append(study.compare(chosen, arm, f"{chosen.label} (chosen on validation)"))
     lines += section("Layer profile: each method's validation-chosen layer vs its other layers", profile)
+    lines += tuning_seed_lines(study, compared)
     lines += _last_epoch_lines(study)
     tuned = [a for a in study.arms if a.candidates or a.trusted]
     if tuned:
@@ -680,13 +702,54 @@ def comparison_table(study: TaskStudy) -> list[str]:
             edge = grid_edge(a.chosen, list(a.candidates))
             edges += edge is not None
             chosen = _short(json.dumps(a.chosen)) + (f" ({edge})" if edge else "")
-            lines.append(f"| {a.label} | {chosen} | {shown} (seeds {','.join(map(str, a.choice_seeds))}) | "
-                         f"{'tuned sweep (tune.chosen)' if a.trusted else 'this report'} |")  # fmt: skip
+            by = "this report" if not a.trusted else "tuned sweep (tune.chosen)"
+            if a.tuned_at is not None:
+                by = f"tuned sweep at layer {a.tuned_at} (tune.chosen), reused at layer {a.layer}"
+            lines.append(f"| {a.label} | {chosen} | {shown} (seeds {','.join(map(str, a.choice_seeds))}) | {by} |")
         lines.append("")
         if edges:
             lines += [f"{edges} of {len(tuned)} choices lie at an edge of their candidate grid: the best value may lie outside "
                       "the grid, and those arms may be under-tuned.", ""]  # fmt: skip
     return lines
+
+
+def tuning_seed_lines(study: TaskStudy, comparisons: list[Comparison]) -> list[str]:
+    """The seed(s) a tuned sweep chose on are also reported, and the value chosen suits them best (a winner's
+    curse; at the tuning layer the tuning run itself is the final): how far above the other seeds they score on
+    test, and which verdicts change when only the other seeds are compared."""
+    tuning = sorted({s for a in study.arms if a.trusted for s in a.choice_seeds})
+    gaps = []
+    for arm in (a for a in study.arms if a.trusted):
+        inside = [score(r) for r in arm.records if r["seed"] in tuning]
+        outside = [score(r) for r in arm.records if r["seed"] not in tuning]
+        if None not in inside + outside and inside and outside:
+            gaps.append(_mean(inside) - _mean(outside))
+    if not gaps:
+        return []
+    names = ",".join(map(str, tuning))
+    changed, seen = [], set()
+    for c in comparisons:
+        if not c.arms or tuple(map(id, c.arms)) in seen:  # the same pair can sit in two sections
+            continue
+        seen.add(tuple(map(id, c.arms)))
+        shared = study.shared_seeds(*c.arms)
+        others = [s for s in shared or [] if s not in tuning]
+        if others and len(others) < len(shared):
+            alternative = study.compare(*c.arms, c.left, c.right, seeds_wanted=others)
+            if alternative.verdict != c.verdict:
+                changed.append((c, alternative))
+    lines = ["### Without the tuning seed", "",
+             f"Seed {names} chose every tuned hyperparameter (on validation) and is also reported. On test it scored "
+             f"{statistics.fmean(gaps):+.1f} points against the other seeds' mean, averaged over {len(gaps)} tuned arms "
+             f"(from {min(gaps):+.1f} to {max(gaps):+.1f}; above them in {sum(g > 0 for g in gaps)} of {len(gaps)}).", ""]  # fmt: skip
+    if not changed:
+        return lines + ["No verdict above changes when only the other seeds are compared.", ""]
+    lines += [f"Verdicts above that change when only the other seeds are compared ({len(changed)}):", "",
+              "| A | B | all seeds | verdict | other seeds | verdict |", "|---|---|---|---|---|---|"]  # fmt: skip
+    for c, alt in changed:
+        lines.append(f"| {c.left} | {c.right} | {_signed(c.difference, c.interval)} | {c.shown_verdict} | "
+                     f"{_signed(alt.difference, alt.interval)} (seeds {alt.seeds}) | {alt.shown_verdict} |")  # fmt: skip
+    return lines + [""]
 
 
 def grid_edge(chosen: dict | None, candidates: list[str]) -> str | None:

@@ -10,7 +10,7 @@ import pytest
 
 from petl.errors import PetlError
 from petl.metrics import glue_metrics
-from petl.report import NO_CI, NOT_SEPARABLE, TaskStudy, build_arms, derived_cells, glue_table, write_report
+from petl.report import NO_CI, NOT_SEPARABLE, TaskStudy, build_arms, comparison_table, derived_cells, glue_table, write_report
 from petl.stats import PairedBootstrap
 
 LABELS = [int(v) for v in np.random.default_rng(0).integers(0, 2, 120)]
@@ -326,3 +326,26 @@ def test_seeds_that_predicted_identically_are_marked_in_the_tables(tmp_path):
     probe_row = next(line for line in table.splitlines() if line.startswith("| linear-probe"))
     lora_row = next(line for line in table.splitlines() if line.startswith("| lora"))
     assert probe_row.count("(n=3, identical)") == 2 and "identical" not in lora_row and lora_row.count("(n=3)") == 2
+
+
+def test_verdicts_that_rest_on_the_tuning_seed_are_listed_and_reused_choices_say_where_they_were_made():
+    """The seed a tuned sweep chose on is also reported, and the chosen rate suits it best: the report shows that
+    seed's lead over the others and every verdict that changes without it. A rate chosen at layer 2 (tune_layer)
+    and reused at layer 1 says so in the hyperparameter table."""
+    candidates = [{"cell_id": f"mrpc/lora/layer=2/tune.learning_rate={lr}/seed=1", "arguments": {"learning_rate": lr},
+                   "validation_score": v} for lr, v in ((1e-3, 0.6), (1e-2, 0.7))]  # fmt: skip
+    tune = {"chosen": {"learning_rate": 1e-2}, "chosen_cell_id": candidates[1]["cell_id"], "candidates": candidates}
+    records = []
+    for layer in (1, 2):
+        for seed, accuracy in ((1, 0.97), (2, 0.5), (3, 0.5)):  # only the tuning seed learned
+            records.append({**rec("lora", noisy(accuracy, 10 * layer + seed), 0.7, seed, layer=layer), "tune_role": "final", "tune": tune})
+        records += [rec("linear-probe", noisy(0.75, 100 + 10 * layer + seed), 0.6, seed, layer=layer, method="linear-probe")
+                    for seed in (1, 2, 3)]  # fmt: skip
+    text = "\n".join(comparison_table(TaskStudy(records, resamples=500)))
+    section = text.split("### Without the tuning seed")[1].split("###")[0]
+    assert "Seed 1 chose every tuned hyperparameter" in section and "above them in 2 of 2" in section
+    # lora@2 vs the probe: ahead with seed 1's 97%, behind on seeds 2 and 3 alone
+    row = next(line for line in section.splitlines() if line.startswith("| lora@2 | linear-probe@2 |"))
+    assert row.endswith("| linear-probe@2 better |") and "(seeds 2,3)" in row
+    assert "| tuned sweep at layer 2 (tune.chosen), reused at layer 1 |" in text
+    assert "| lora@2 | learning_rate=0.01 |" in text and "(seeds 1) | tuned sweep (tune.chosen) |" in text
