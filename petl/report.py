@@ -634,7 +634,7 @@ def comparison_table(study: TaskStudy) -> list[str]:
         compared.extend(comparisons)
         return [f"### {title}", "", *header, *("| " + " | ".join(c.cells()) + " |" for c in comparisons), ""]
 
-    lines = [f"{_describe(study.records)}.", _choices_note(),
+    lines = [f"{_describe(study.records)}; {compute_summary(study.records)}.", _choices_note(),
              f"Decision rule: a difference is claimed only when its 95% CI excludes zero; otherwise \"{NOT_SEPARABLE}\". "
              f"\"{BORDERLINE}\": one CI end within {BORDERLINE_POINTS} points of zero, so the verdict may flip with the "
              f"bootstrap's random draws. CIs: {study.ci_note}.", ""]  # fmt: skip
@@ -1200,7 +1200,8 @@ def write_report(
             continue
         header, md_rows, csv_rows = glue_table(kept, resamples)
         stem = Path(results).stem
-        md = [f"{_describe(kept)}. Test mean [95% CI] (or ± std over seeds where no per-example predictions were recorded) "
+        md = [f"{_describe(kept)}; {compute_summary(kept)}. Test mean [95% CI] (or ± std over seeds where no per-example "
+              "predictions were recorded) "
               "@ the layer chosen on validation; bold: the PETL row chosen on validation per task.", _choices_note(),
               f"Decision rule: a difference is claimed only when its 95% CI excludes zero, else \"{NOT_SEPARABLE}\" "
               f"(\"{BORDERLINE}\": one CI end within {BORDERLINE_POINTS} points of zero); "

@@ -349,3 +349,4 @@ def test_verdicts_that_rest_on_the_tuning_seed_are_listed_and_reused_choices_say
     assert row.endswith("| linear-probe@2 better |") and "(seeds 2,3)" in row
     assert "| tuned sweep at layer 2 (tune.chosen), reused at layer 1 |" in text
     assert "| lora@2 | learning_rate=0.01 |" in text and "(seeds 1) | tuned sweep (tune.chosen) |" in text
+    assert text.startswith("tiny, MRPC") and "; cell time recorded: 0.00 h on CPU." in text.splitlines()[0]  # the compute, stated
