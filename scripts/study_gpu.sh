@@ -6,17 +6,18 @@
 #   bash scripts/study_gpu.sh                # one GPU node: 8 cells packed per GPU
 #   CELLS="--cpus_per_cell 2 --gpus_per_cell 0.25" bash scripts/study_gpu.sh
 #   bash scripts/study_gpu.sh --tiny         # smoke test on any machine: 1 task, 1 layer, 1 seed,
-#                                            # 32 examples, 1 epoch, results under /tmp (minutes on CPU)
+#                                            # 32 examples, 1 epoch, results under $TMPDIR (minutes on CPU)
 #   bash scripts/study_gpu.sh --dry_run      # list the cells (other petl.sweep flags pass through too)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-.venv/bin/python}
 CELLS=${CELLS:---cpus_per_cell 2 --gpus_per_cell 0.125}
 GRIDS=(sweeps/study_smollm2.yaml sweeps/study_mpnet.yaml)
+REPORTS=figures
 
 if [[ "${1:-}" == "--tiny" ]]; then
     shift
-    out=$(mktemp -d /tmp/study_gpu_tiny.XXXXXX)
+    out=$(mktemp -d "${TMPDIR:-/tmp}/study_gpu_tiny.XXXXXX")
     tiny=()
     for grid in "${GRIDS[@]}"; do
         name=$(basename "$grid" .yaml)
@@ -45,6 +46,7 @@ EOF
         tiny+=("$out/$name.yaml")
     done
     GRIDS=("${tiny[@]}")
+    REPORTS=$out
     CELLS="--cpus_per_cell 2"
 fi
 
@@ -54,7 +56,5 @@ done
 [[ " $* " == *" --dry_run "* ]] && exit 0
 for grid in "${GRIDS[@]}"; do
     results=$("$PYTHON" -c 'import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))["results"])' "$grid")
-    out_dir=figures
-    [[ "$grid" == /tmp/* ]] && out_dir=$(dirname "$grid")
-    "$PYTHON" -m petl.report "$results" --out "$out_dir"
+    "$PYTHON" -m petl.report "$results" --out "$REPORTS"
 done

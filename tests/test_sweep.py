@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
-from conftest import write_grid
+from conftest import REPO, write_grid
 
 from petl.errors import PetlError
 from petl.report import baseline_score, glue_table, write_report
@@ -158,3 +161,21 @@ def test_table_relative_improvement_and_gap_bridged():
     assert by["relative improvement"][1] == "n/a: raw ≤ 0" and by["gap bridged"][1] == "61.5% (no CI)"  # 8 / 13
     by = {r[0]: r for r in glue_table(with_floor(negative_raw, float("nan")))[1]}  # STS-B: no correlation
     assert by["constant predictor"][1] == "undefined" and by["gap bridged"][1] == "61.5% (no CI)"
+
+
+def test_the_gpu_study_script_lists_both_grids_and_its_tiny_mode_shrinks_them(tmp_path):
+    """scripts/study_gpu.sh (issue 20's GPU grids): --dry_run lists the full grids; --tiny derives 1-task, 1-seed,
+    1-layer grids writing under /tmp, the smoke test to run before spending a GPU on it."""
+    env = {**os.environ, "PYTHON": sys.executable, "TMPDIR": str(tmp_path)}
+    script = str(REPO / "scripts" / "study_gpu.sh")
+    full = subprocess.run(["bash", script, "--dry_run"], env=env, capture_output=True, text=True, check=True).stdout
+    assert "sweep study_smollm2: 408 cells" in full and "sweep study_mpnet: 1262 cells" in full
+    tiny = subprocess.run(["bash", script, "--tiny", "--dry_run"], env=env, capture_output=True, text=True, check=True).stdout
+    heads = [line for line in tiny.splitlines() if line.startswith("sweep ")]
+    assert [h.split(":")[0] for h in heads] == ["sweep study_smollm2_tiny", "sweep study_mpnet_tiny"]
+    assert all(f"{tmp_path}/study_gpu_tiny." in h for h in heads) and "figures/results" not in tiny
+    cells = [line for line in tiny.splitlines() if line.startswith("  ")]
+    assert cells and all("/seed=1" in c or "seed(s) 1" in c for c in cells) and not any("sst2/" in c for c in cells)
+    (grids,) = tmp_path.glob("study_gpu_tiny.*")
+    tiny_grid = load_grid(str(grids / "study_smollm2.yaml"))
+    assert tiny_grid["arguments"]["max_train_samples"] == 32 and tiny_grid["arguments"]["num_train_epochs"] == 1
