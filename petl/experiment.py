@@ -57,11 +57,12 @@ def run(
     from petl.data import ExtraInputsCollator, plan_splits, tokenize_split
     from petl.metrics import checked_selection_metric, glue_metrics, selection_direction, selection_metric
     from petl.models import load_model, load_tokenizer, resolve_model_path
-    from petl.results import check_appendable
+    from petl.results import check_appendable, reset_peak_memory
     from petl.state import get_state
     from petl.training import BestStateCallback, PetlTrainer, resolve_resume_checkpoint
 
     started = time.time()
+    reset_peak_memory()  # this run's peak, not an earlier run's in the same process (a sweep worker)
 
     # ---- arguments: the run's own copies, every cheap check before any heavy work
     model_args, data_args, petl_args, training_args = copy.deepcopy((model_args, data_args, petl_args, training_args))

@@ -66,9 +66,36 @@ def hardware() -> dict[str, Any]:
     return out
 
 
-def peak_memory() -> dict[str, float]:
-    """Peak resident memory of this process (MiB); peak CUDA allocation when a GPU was used."""
-    out = {"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+def reset_peak_memory() -> None:
+    """Start this run's peak-memory window. A sweep worker runs cell after cell in one process, whose
+    lifetime peak (ru_maxrss) would carry an earlier cell's peak into every later record. Linux resets
+    the resident high-water mark (VmHWM) when 5 is written to /proc/self/clear_refs."""
+    try:
+        with open("/proc/self/clear_refs", "w") as refs:
+            refs.write("5")
+    except OSError:
+        pass  # not Linux: peak_memory() says its figure covers the process's whole life
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _resident_high_water_mib() -> float | None:
+    """VmHWM (Linux): the peak resident memory since the last reset_peak_memory(), or None."""
+    try:
+        with open("/proc/self/status") as status:
+            line = next((line for line in status if line.startswith("VmHWM:")), None)
+    except OSError:
+        return None
+    return int(line.split()[1]) / 1024 if line else None
+
+
+def peak_memory() -> dict[str, Any]:
+    """Peak resident memory of this run (MiB; since reset_peak_memory()), and peak CUDA allocation when a
+    GPU was used. Where the run's own peak cannot be read, the process's lifetime peak, marked as such."""
+    run_peak = _resident_high_water_mib()
+    out: dict[str, Any] = {"peak_rss_mib": run_peak}
+    if run_peak is None:
+        out = {"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "peak_rss_scope": "process"}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         out["peak_cuda_allocated_mib"] = torch.cuda.max_memory_allocated() / 2**20
     return out

@@ -355,3 +355,20 @@ def test_a_results_file_appended_to_does_not_make_the_tree_dirty(tmp_path, monke
     assert results.git_commit()["dirty"] is False
     (tmp_path / "code.py").write_text("x = 2\n")
     assert results.git_commit() == {"commit": results.git_commit()["commit"], "dirty": True, "changed_files": ["code.py"]}
+
+
+def test_a_runs_peak_memory_is_its_own_not_an_earlier_runs_in_the_same_process():
+    """A sweep worker runs cell after cell in one process: each record's peak RSS must be that cell's, not the
+    process's lifetime peak (which carried a LoRA cell's 4.4 GiB into the IDPG cells after it)."""
+    import numpy as np
+
+    from petl.results import peak_memory, reset_peak_memory
+
+    earlier = np.ones(60_000_000)  # an earlier cell: ~460 MiB touched, then freed
+    del earlier
+    lifetime = peak_memory()["peak_rss_mib"]
+    reset_peak_memory()  # what petl.experiment.run does first
+    later = np.ones(1_000_000)
+    own = peak_memory()
+    assert lifetime - own["peak_rss_mib"] > 300 and "peak_rss_scope" not in own
+    del later
