@@ -90,8 +90,9 @@ def _resident_high_water_mib() -> float | None:
 
 
 def peak_memory() -> dict[str, Any]:
-    """Peak resident memory of this run (MiB; since reset_peak_memory()), and peak CUDA allocation when a
-    GPU was used. Where the run's own peak cannot be read, the process's lifetime peak, marked as such."""
+    """Peak resident memory of the process while this run ran (MiB; since reset_peak_memory(): memory an
+    earlier run in the same process left behind still counts), and peak CUDA allocation when a GPU was
+    used. Where that cannot be read, the process's lifetime peak, marked as such."""
     run_peak = _resident_high_water_mib()
     out: dict[str, Any] = {"peak_rss_mib": run_peak}
     if run_peak is None:
