@@ -55,6 +55,6 @@ for grid in "${GRIDS[@]}"; do
 done
 [[ " $* " == *" --dry_run "* ]] && exit 0
 for grid in "${GRIDS[@]}"; do
-    results=$("$PYTHON" -c 'import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))["results"])' "$grid")
+    results=$("$PYTHON" -c 'import sys; from petl.grid import load_grid; print(load_grid(sys.argv[1])["results"])' "$grid")
     "$PYTHON" -m petl.report "$results" --out "$REPORTS"
 done
