@@ -94,9 +94,11 @@ def peak_memory() -> dict[str, Any]:
     earlier run in the same process left behind still counts), and peak CUDA allocation when a GPU was
     used. Where that cannot be read, the process's lifetime peak, marked as such."""
     run_peak = _resident_high_water_mib()
-    out: dict[str, Any] = {"peak_rss_mib": run_peak}
-    if run_peak is None:
-        out = {"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "peak_rss_scope": "process"}
+    out: dict[str, Any] = (
+        {"peak_rss_mib": run_peak}
+        if run_peak is not None
+        else {"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "peak_rss_scope": "process"}
+    )
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         out["peak_cuda_allocated_mib"] = torch.cuda.max_memory_allocated() / 2**20
     return out
