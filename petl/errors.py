@@ -5,9 +5,14 @@ class PetlError(ValueError):
     """Bad input: the message names the bad value and what is allowed."""
 
 
+class Interrupted(KeyboardInterrupt):
+    """A run the user stopped (Ctrl+C) before it finished: the message says what was kept and how to go on."""
+
+
 def exit_status(action, *args, **kwargs) -> int:
     """Run a CLI's work: bad input (a PetlError, or HfArgumentParser's ValueError) becomes one
-    `error: ...` line on stderr and exit status 2; otherwise the action's own status (default 0)."""
+    `error: ...` line on stderr and exit status 2; a run stopped early (Interrupted) one `interrupted: ...`
+    line and 130, as for Ctrl+C; otherwise the action's own status (default 0)."""
     import sys
 
     try:
@@ -20,6 +25,9 @@ def exit_status(action, *args, **kwargs) -> int:
     except PetlError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except Interrupted as err:
+        print(f"interrupted: {err}", file=sys.stderr)
+        return 130
     return status if isinstance(status, int) else 0
 
 

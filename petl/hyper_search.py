@@ -17,6 +17,8 @@ Search spaces: petl/search.py.
 Every argument, the search space and the output folder are checked before the folder is made or Ray
 starts. `--resume` loads Ray's pickles from the output folder, so it accepts only a folder that a
 search of this user created and signed (petl/search.py, MARKER_FILE), writable by no one else.
+Each trial's scores and end come from petl/trial_log.py, written by the driver: an interrupted search
+(Ctrl+C) chooses and writes nothing and says how to `--resume`.
 """
 
 from __future__ import annotations
@@ -32,8 +34,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from petl.errors import PetlError, exit_status
-from petl.ray_runtime import check_address, trial_folder_name  # noqa: F401 - run_glue_hyper_search re-exports it
+from petl.errors import Interrupted, PetlError, exit_status
+from petl.ray_runtime import OBJECTIVE, check_address, result_trial_id, trial_folder_name  # noqa: F401 - run_glue_hyper_search re-exports it
 
 logger = logging.getLogger("run_glue_hyper_search")  # the name users know from the log lines
 
@@ -336,6 +338,7 @@ def run_trials(base: tuple, space: dict, objective: Objective, search_args: Sear
 
     from petl.ray_runtime import remove_tune_staging, stop_ray, tune_configs
     from petl.search import to_tune
+    from petl.trial_log import TrialLog
 
     scheduler = make_scheduler(search_args, space)
     started = start_ray(search_args)
@@ -362,6 +365,7 @@ def run_trials(base: tuple, space: dict, objective: Objective, search_args: Sear
                     # PBT exploits may restore any trial's latest checkpoint at any time: keep them all
                     # (delta-only, so small); ASHA never restores across trials
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=None if search_args.search_scheduler == "pbt" else 2),
+                    callbacks=[TrialLog()],
                     verbose=1,
                 ),
             )
@@ -371,20 +375,23 @@ def run_trials(base: tuple, space: dict, objective: Objective, search_args: Sear
         stop_ray(started)
 
 
-def collect_trials(grid, mode: str) -> list[dict]:
-    """One summary per trial: its configuration, its last and best objective, its first error line."""
+def collect_trials(grid, mode: str, history: dict[str, list[float]]) -> list[dict]:
+    """One summary per trial: its configuration, its last and best objective, its first error line.
+    The best comes from every score the trial reported: `history` (petl.trial_log, written by the driver
+    as results came in), joined with Ray's own record where that reached the storage folder."""
     trials = []
     for result in grid:
-        history = result.metrics_dataframe
-        best_value = None
-        if history is not None and "objective" in history:
-            best_value = float(history["objective"].max() if mode == "max" else history["objective"].min())
+        trial_id = result_trial_id(result)
+        scores = list(history.get(trial_id, []))
+        frame = result.metrics_dataframe
+        if frame is not None and OBJECTIVE in frame:
+            scores += [float(v) for v in frame[OBJECTIVE].dropna()]
         trials.append(
             {
-                "trial_id": result.metrics.get("trial_id") if result.metrics else None,
+                "trial_id": trial_id,
                 "config": result.config,
-                "final_objective": (result.metrics or {}).get("objective"),
-                "best_objective": best_value,
+                "final_objective": (result.metrics or {}).get(OBJECTIVE),
+                "best_objective": (max if mode == "max" else min)(scores) if scores else None,
                 "error": None if result.error is None else str(result.error).splitlines()[0],
             }
         )
@@ -417,6 +424,7 @@ def final_retrain(base: tuple, config: dict, folder: Path) -> dict:
 def run_search(argv: list[str] | None = None) -> dict:
     """The search as the command line gives it; returns the summary written to search_results.json."""
     from petl.results import write_json_atomic
+    from petl.trial_log import read_trial_log, unfinished_trials
 
     # ---- arguments, space, objective and output folder: all checked before the folder is made or Ray starts
     argv = sys.argv[1:] if argv is None else argv
@@ -434,7 +442,11 @@ def run_search(argv: list[str] | None = None) -> dict:
 
     # ---- trials
     grid = run_trials(base, space, objective, search_args, out_dir / "ray", resumable)
-    trials = collect_trials(grid, objective.mode)
+    unfinished = unfinished_trials(grid)
+    if unfinished:  # Ctrl+C: Ray Tune returned early; nothing is chosen, retrained, written or removed
+        raise Interrupted(f"the search stopped before {len(unfinished)} of its {len(grid)} trials finished; nothing was chosen or written; "
+                          f"its state is in {out_dir / 'ray'}: continue it with --resume true")  # fmt: skip
+    trials = collect_trials(grid, objective.mode, read_trial_log(Path(grid.experiment_path))[0])
     best = best_trial(trials, objective.mode)
     summary = {
         "scheduler": search_args.search_scheduler,

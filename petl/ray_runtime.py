@@ -143,6 +143,11 @@ def trial_folder_name(trial) -> str:
     return f"trial_{trial.trial_id}"
 
 
+def result_trial_id(result) -> str:
+    """A Tune result's trial id, read from its folder (trial_folder_name): also for a trial that never reported."""
+    return Path(result.path).name.removeprefix("trial_")
+
+
 def validation_reporter(metric_key: str, with_checkpoint: bool = False):
     """A Trainer callback that reports each evaluation to Tune: every numeric metric, `step`, `epoch`
     and `objective` (= metrics[metric_key], e.g. eval_accuracy). With `with_checkpoint` the report
@@ -180,10 +185,11 @@ def validation_reporter(metric_key: str, with_checkpoint: bool = False):
 
 
 def tune_configs(*, name: str, storage: Path, mode: str, scheduler, num_samples: int, max_failures: int, search_alg=None,
-                 checkpoint_config=None, verbose: int = 0) -> dict:  # fmt: skip
+                 checkpoint_config=None, callbacks=None, verbose: int = 0) -> dict:  # fmt: skip
     """The TuneConfig and RunConfig of every petl Tuner: maximise or minimise `objective`, one process
     per trial (reuse_actors off: a trial's environment is its own), trial folders named by Ray's id
-    under `storage`/`name` (never the system temp folder)."""
+    under `storage`/`name` (never the system temp folder); `callbacks`: petl.trial_log.TrialLog, which every
+    caller passes (a trial's scores and end, written by the driver)."""
     from ray import tune
 
     return {
@@ -202,6 +208,7 @@ def tune_configs(*, name: str, storage: Path, mode: str, scheduler, num_samples:
             verbose=verbose,
             checkpoint_config=checkpoint_config,
             failure_config=tune.FailureConfig(max_failures=max_failures),
+            callbacks=callbacks,
         ),
     }
 

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from petl.errors import PetlError
+from petl.errors import Interrupted, PetlError
 
 if TYPE_CHECKING:
     from petl.grid import Cell
@@ -276,7 +276,7 @@ def remove_search_folders(out: Path, key: str) -> None:
 
 
 def _tune_search(driver, seed_cell, spec: TuneSpec, key: str, cpus: float, gpus: float):
-    """One Tuner.fit over the group's space on its first seed; the ResultGrid."""
+    """One Tuner.fit over the group's space on its first seed: its results, one per trial (Interrupted if it was cut short)."""
     import os
 
     from ray import tune
@@ -286,6 +286,7 @@ def _tune_search(driver, seed_cell, spec: TuneSpec, key: str, cpus: float, gpus:
     from petl.ray_runtime import asha_scheduler, remove_tune_staging, tune_configs, validation_reporter
     from petl.search import to_tune
     from petl.sweep_engine import CellJob, run_cell
+    from petl.trial_log import TrialLog, unfinished_trials
 
     grid, cwd = driver.grid, os.getcwd()
     metric, mode = _selection_metric(run_values(grid, seed_cell, driver.out), seed_cell.task)
@@ -312,9 +313,15 @@ def _tune_search(driver, seed_cell, spec: TuneSpec, key: str, cpus: float, gpus:
             scheduler=scheduler,
             num_samples=spec.trials,
             max_failures=driver.max_retries,
+            callbacks=[TrialLog()],
         ),
     )
     try:
-        return list(tuner.fit())
+        results = tuner.fit()
     finally:
         remove_tune_staging(f"tune-{key}")
+    unfinished = unfinished_trials(results)
+    if unfinished:  # Ctrl+C: Ray Tune returned early; its trials are not candidates (a later run would choose among them)
+        raise Interrupted(f"the sweep stopped while tuning {seed_cell.cell_id} ({len(unfinished)} of {spec.trials} trials unfinished, "
+                          f"none recorded); finished cells are in {driver.results}: run the same command to continue")  # fmt: skip
+    return list(results)

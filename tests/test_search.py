@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from transformers import TrainerCallback
 
@@ -110,9 +111,19 @@ def test_pbt_search_runs_to_completion_and_retrains_the_best(tmp_path, glue_dir,
             "--num_train_epochs", "3", "--per_device_train_batch_size", "16", "--search_trials", "2",
             "--cpus_per_trial", "1", "--search_space", str(space), "--output_dir", str(tmp_path / "search"),
             "--disable_tqdm", "true", "--keep_trials", "true"]  # fmt: skip
+    # Ray's result files (result.json) reach the storage folder by an asynchronous sync and were once
+    # found empty after fit() (a trial's best score came back None): the summary must not read them
+    from ray.tune.analysis.experiment_analysis import ExperimentAnalysis
+
+    monkeypatch.setattr(ExperimentAnalysis, "_fetch_trial_dataframe", lambda self, trial: pd.DataFrame())
     staged_before = set(Path("/tmp/ray").glob("session_*/artifacts/*/search"))
     summary = run_glue_hyper_search.run_search(argv)
     assert summary["failed_trials"] == 0 and len(summary["trials"]) == 2
+    from petl.trial_log import read_trial_log
+
+    history, ended = read_trial_log(tmp_path / "search" / "ray" / "search")  # written by the driver, a score per evaluation
+    assert all(t["best_objective"] == max(history[t["trial_id"]]) for t in summary["trials"]), (history, summary["trials"])
+    assert all(len(scores) >= 3 for scores in history.values()) and ended == set(history), (history, ended)  # + PBT's restores
     # nor does Ray Tune's staging copy of the trials stay in the system temp folder
     assert set(Path("/tmp/ray").glob("session_*/artifacts/*/search")) == staged_before
     scores = [t["best_objective"] for t in summary["trials"]]
@@ -157,3 +168,48 @@ def test_local_ray_in_tests_is_on_the_loopback_address():
 
     assert not ray_constants.ENABLE_RAY_CLUSTER
     assert services.get_node_ip_address() == "127.0.0.1"
+
+
+def test_trial_log_skips_a_line_cut_short_and_a_trials_best_joins_rays_record(tmp_path):
+    """A crash mid-write leaves a partial last line; a trial's best is taken over both records."""
+    from types import SimpleNamespace
+
+    from petl.hyper_search import collect_trials
+    from petl.trial_log import LOG_FILE, read_trial_log
+
+    lines = ['{"trial_id": "a", "iteration": 1, "objective": 0.7}', '{"trial_id": "b", "objective": 0.6}',
+             '{"trial_id": "b", "ended": "complete"}', '{"trial_id": "a", "itera']  # fmt: skip
+    (tmp_path / LOG_FILE).write_text("\n".join(lines))
+    history, ended = read_trial_log(tmp_path)
+    assert history == {"a": [0.7], "b": [0.6]} and ended == {"b"} and read_trial_log(tmp_path / "absent") == ({}, set())
+    frame_b = pd.DataFrame({"objective": [0.6, 0.65]})
+    grid = [SimpleNamespace(path="/x/trial_a", metrics={"objective": 0.5}, metrics_dataframe=pd.DataFrame(), config={}, error=None),
+            SimpleNamespace(path="/x/trial_b", metrics={"objective": 0.65}, metrics_dataframe=frame_b, config={}, error=None),
+            SimpleNamespace(path="/x/trial_c", metrics={}, metrics_dataframe=None, config={}, error=RuntimeError("x\ny"))]  # fmt: skip
+    trials = collect_trials(grid, "max", history)
+    assert [t["best_objective"] for t in trials] == [0.7, 0.65, None] and trials[2]["error"] == "x"
+    assert [t["best_objective"] for t in collect_trials(grid, "min", history)] == [0.7, 0.6, None]
+
+
+def test_an_interrupted_search_chooses_and_writes_nothing_and_resumes(tmp_path, glue_dir, monkeypatch, capsys):
+    """Ctrl+C ends Ray Tune's fit() early and without an error: the search must not choose among unfinished
+    trials, retrain or write search_results.json (nor remove the trial folders --resume needs); it says so
+    in one line, exits 130, and --resume finishes it."""
+    from tune_interrupt import interrupting_tune_configs
+
+    import run_glue_hyper_search
+
+    monkeypatch.setenv("PETL_SEARCH_KEY_FILE", str(tmp_path / "search.key"))
+    interrupting_tune_configs(monkeypatch)
+    out = tmp_path / "search"
+    argv = ["--task_name", "mrpc", "--glue_dir", str(glue_dir), "--model_name_or_path", "minilm-l6", "--num_hidden_layers", "2",
+            "--pooler_type", "avg", "--method", "lora", "--lora_layers", "1", "--max_train_samples", "64", "--max_eval_samples", "64",
+            "--num_train_epochs", "2", "--per_device_train_batch_size", "16", "--search_trials", "2", "--cpus_per_trial", "1",
+            "--search_scheduler", "asha", "--output_dir", str(out), "--disable_tqdm", "true"]  # fmt: skip
+    assert run_glue_hyper_search.main(argv) == 130
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[-1].startswith("interrupted: the search stopped before") and "--resume true" in lines[-1], lines[-3:]
+    assert not (out / "search_results.json").exists() and not (out / "best").exists() and (out / "ray" / "search").is_dir()
+    assert run_glue_hyper_search.main([*argv, "--resume", "true"]) == 0
+    summary = json.loads((out / "search_results.json").read_text())
+    assert len(summary["trials"]) == 2 and all(t["best_objective"] is not None for t in summary["trials"])

@@ -296,6 +296,28 @@ def test_a_tune_search_with_asha_records_candidates_and_leaves_no_folders(tmp_pa
     assert run_sweep(path, use_ray=True, cpus_per_cell=1)["ran"] == 0  # resumed: the search is not run again
 
 
+def test_an_interrupted_tune_search_records_no_candidate_and_runs_again(tmp_path, glue_dir, local_ray, monkeypatch, capsys):
+    """Ctrl+C ends Ray Tune's fit() early and without an error: its unfinished trials are not candidates
+    "stopped by ASHA" (a later run would reuse them and choose among them): the sweep records none, says
+    so in one line, exits 130, and the next run searches again."""
+    from tune_interrupt import interrupting_tune_configs
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    interrupting_tune_configs(monkeypatch)
+    arguments = {"glue_dir": str(glue_dir), **ARGUMENTS, "metric_for_best_model": "f1", "eval_strategy": "steps", "eval_steps": 1}
+    tune = {"learning_rate": {"loguniform": [1e-4, 1e-2]}, "trials": 2, "scheduler": "asha"}
+    path = _grid(tmp_path, glue_dir, {"head": {"method": "head"}}, arguments=arguments, tune=tune)
+    assert main([path, "--cpus_per_cell", "1"]) == 130
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith("interrupted: ") and "run the same command" in line, line
+    jsonl = tmp_path / "ray.jsonl"
+    assert not jsonl.exists() or not [r for r in read_jsonl(jsonl)[0] if r.get("tune_role") == "candidate"]
+    assert run_sweep(path, use_ray=True, cpus_per_cell=1)["failed"] == 0
+    records = list(_records(tmp_path).values())
+    assert len([r for r in records if r.get("tune_role") == "candidate"]) == 2 and [r["tune_role"] for r in records].count("final") == 1
+
+
 def test_tune_candidates_report_the_grids_own_selection_metric():
     """ASHA stops candidates on what the run selects by: the grid's metric_for_best_model, else the task's."""
     from petl.tune_cells import _selection_metric
