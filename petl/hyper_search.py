@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from petl.errors import Interrupted, PetlError, exit_status
-from petl.ray_runtime import OBJECTIVE, check_address, result_trial_id, trial_folder_name  # noqa: F401 - run_glue_hyper_search re-exports it
+from petl.ray_runtime import OBJECTIVE, check_address, trial_folder_name  # noqa: F401 - run_glue_hyper_search re-exports it
 
 logger = logging.getLogger("run_glue_hyper_search")  # the name users know from the log lines
 
@@ -375,20 +375,21 @@ def run_trials(base: tuple, space: dict, objective: Objective, search_args: Sear
         stop_ray(started)
 
 
-def collect_trials(grid, mode: str, history: dict[str, list[float]]) -> list[dict]:
+def collect_trials(grid, mode: str, history: dict[str, list[float]] | None = None) -> list[dict]:
     """One summary per trial: its configuration, its last and best objective, its first error line.
-    The best comes from every score the trial reported: `history` (petl.trial_log, written by the driver
-    as results came in), joined with Ray's own record where that reached the storage folder."""
+    The best comes from every score the trial reported: `history` (trial folder -> scores; petl.trial_log,
+    written by the driver as results came in), joined with Ray's own record where that reached the
+    storage folder. NaN scores (a diverged loss, a constant prediction's correlation) are left out."""
     trials = []
     for result in grid:
-        trial_id = result_trial_id(result)
-        scores = list(history.get(trial_id, []))
+        folder = Path(result.path).name
+        scores = list((history or {}).get(folder, []))
         frame = result.metrics_dataframe
         if frame is not None and OBJECTIVE in frame:
             scores += [float(v) for v in frame[OBJECTIVE].dropna()]
         trials.append(
             {
-                "trial_id": trial_id,
+                "trial_id": (result.metrics or {}).get("trial_id") or folder.removeprefix("trial_"),
                 "config": result.config,
                 "final_objective": (result.metrics or {}).get(OBJECTIVE),
                 "best_objective": (max if mode == "max" else min)(scores) if scores else None,
@@ -401,7 +402,8 @@ def collect_trials(grid, mode: str, history: dict[str, list[float]]) -> list[dic
 def best_trial(trials: list[dict], mode: str) -> dict:
     ok = [t for t in trials if t["best_objective"] is not None]
     if not ok:
-        raise PetlError(f"every trial failed; first error: {trials[0]['error'] if trials else 'no trials'}")
+        errors = [t["error"] for t in trials if t["error"]]
+        raise PetlError(f"every trial failed; first error: {errors[0]}" if errors else "no trial reported a validation score")
     return (max if mode == "max" else min)(ok, key=lambda t: t["best_objective"])
 
 
@@ -424,7 +426,7 @@ def final_retrain(base: tuple, config: dict, folder: Path) -> dict:
 def run_search(argv: list[str] | None = None) -> dict:
     """The search as the command line gives it; returns the summary written to search_results.json."""
     from petl.results import write_json_atomic
-    from petl.trial_log import read_trial_log, unfinished_trials
+    from petl.trial_log import LOG_FILE, read_trial_log, unfinished_trials
 
     # ---- arguments, space, objective and output folder: all checked before the folder is made or Ray starts
     argv = sys.argv[1:] if argv is None else argv
@@ -442,7 +444,9 @@ def run_search(argv: list[str] | None = None) -> dict:
 
     # ---- trials
     grid = run_trials(base, space, objective, search_args, out_dir / "ray", resumable)
-    unfinished = unfinished_trials(grid)
+    log_kept = (Path(grid.experiment_path) / LOG_FILE).is_file()
+    # a search begun before petl kept a trial log (its restored run config lacks TrialLog) cannot tell: taken as finished
+    unfinished = unfinished_trials(grid) if log_kept or not resumable else []
     if unfinished:  # Ctrl+C: Ray Tune returned early; nothing is chosen, retrained, written or removed
         raise Interrupted(f"the search stopped before {len(unfinished)} of its {len(grid)} trials finished; nothing was chosen or written; "
                           f"its state is in {out_dir / 'ray'}: continue it with --resume true")  # fmt: skip

@@ -143,11 +143,6 @@ def trial_folder_name(trial) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def result_trial_id(result) -> str:
-    """A Tune result's trial id, read from its folder (trial_folder_name): also for a trial that never reported."""
-    return Path(result.path).name.removeprefix("trial_")
-
-
 def validation_reporter(metric_key: str, with_checkpoint: bool = False):
     """A Trainer callback that reports each evaluation to Tune: every numeric metric, `step`, `epoch`
     and `objective` (= metrics[metric_key], e.g. eval_accuracy). With `with_checkpoint` the report

@@ -121,9 +121,9 @@ def test_pbt_search_runs_to_completion_and_retrains_the_best(tmp_path, glue_dir,
     assert summary["failed_trials"] == 0 and len(summary["trials"]) == 2
     from petl.trial_log import read_trial_log
 
-    history, ended = read_trial_log(tmp_path / "search" / "ray" / "search")  # written by the driver, a score per evaluation
-    assert all(t["best_objective"] == max(history[t["trial_id"]]) for t in summary["trials"]), (history, summary["trials"])
-    assert all(len(scores) >= 3 for scores in history.values()) and ended == set(history), (history, ended)  # + PBT's restores
+    history, latest = read_trial_log(tmp_path / "search" / "ray" / "search")  # written by the driver, a score per evaluation
+    assert all(t["best_objective"] == max(history[f"trial_{t['trial_id']}"]) for t in summary["trials"]), (history, summary["trials"])
+    assert all(len(scores) >= 3 for scores in history.values()) and set(latest.values()) == {"end"}, (history, latest)  # + PBT's restores
     # nor does Ray Tune's staging copy of the trials stay in the system temp folder
     assert set(Path("/tmp/ray").glob("session_*/artifacts/*/search")) == staged_before
     scores = [t["best_objective"] for t in summary["trials"]]
@@ -170,25 +170,49 @@ def test_local_ray_in_tests_is_on_the_loopback_address():
     assert services.get_node_ip_address() == "127.0.0.1"
 
 
-def test_trial_log_skips_a_line_cut_short_and_a_trials_best_joins_rays_record(tmp_path):
-    """A crash mid-write leaves a partial last line; a trial's best is taken over both records."""
+def test_trial_log_keeps_scores_and_ends_across_a_torn_line_and_a_restart(tmp_path):
+    """The driver's log of each trial: scores (NaN left out), starts and ends; a line cut short by a crash is
+    skipped without swallowing the next; a trial is unfinished unless its latest start was followed by an end
+    (a trial that failed, then was started again by --resume, must end again); a trial's best joins Ray's record."""
     from types import SimpleNamespace
 
     from petl.hyper_search import collect_trials
-    from petl.trial_log import LOG_FILE, read_trial_log
+    from petl.trial_log import LOG_FILE, TrialLog, read_trial_log, unfinished_trials
 
-    lines = ['{"trial_id": "a", "iteration": 1, "objective": 0.7}', '{"trial_id": "b", "objective": 0.6}',
-             '{"trial_id": "b", "ended": "complete"}', '{"trial_id": "a", "itera']  # fmt: skip
-    (tmp_path / LOG_FILE).write_text("\n".join(lines))
-    history, ended = read_trial_log(tmp_path)
-    assert history == {"a": [0.7], "b": [0.6]} and ended == {"b"} and read_trial_log(tmp_path / "absent") == ({}, set())
-    frame_b = pd.DataFrame({"objective": [0.6, 0.65]})
-    grid = [SimpleNamespace(path="/x/trial_a", metrics={"objective": 0.5}, metrics_dataframe=pd.DataFrame(), config={}, error=None),
-            SimpleNamespace(path="/x/trial_b", metrics={"objective": 0.65}, metrics_dataframe=frame_b, config={}, error=None),
-            SimpleNamespace(path="/x/trial_c", metrics={}, metrics_dataframe=None, config={}, error=RuntimeError("x\ny"))]  # fmt: skip
+    log = TrialLog()
+    a, b, c, d = (SimpleNamespace(path=str(tmp_path / f"trial_{n}"), trial_id=n) for n in "abcd")
+    log.on_trial_start(0, [], a)
+    log.on_trial_result(0, [], a, {"objective": float("nan"), "training_iteration": 1})
+    log.on_trial_result(0, [], a, {"objective": 0.7, "training_iteration": 2})
+    log.on_trial_result(0, [], a, {"eval_loss": 0.3})  # no objective: not a score
+    with (tmp_path / LOG_FILE).open("a") as torn:
+        torn.write('{"trial": "trial_a", "eve')  # a crash mid-write; the next line stands alone
+    log.on_trial_complete(0, [], a)
+    log.on_trial_start(0, [], b)
+    log.on_trial_result(0, [], b, {"objective": 0.6})
+    log.on_trial_error(0, [], b)
+    log.on_trial_start(0, [], b)  # --resume runs the failed trial again ...
+    log.on_trial_start(0, [], c)  # ... and c, interrupted; d never started
+    history, latest = read_trial_log(tmp_path)
+    assert history == {"trial_a": [0.7], "trial_b": [0.6]} and read_trial_log(tmp_path / "absent") == ({}, {})
+    assert latest == {"trial_a": "end", "trial_b": "start", "trial_c": "start"}
+    results = [SimpleNamespace(path=t.path) for t in (a, b, c, d)]
+    assert unfinished_trials(_Grid(tmp_path, results)) == ["trial_b", "trial_c", "trial_d"]
+    frame_b = pd.DataFrame({"objective": [0.6, 0.65, float("nan")]})
+    grid = [SimpleNamespace(path=a.path, metrics={"objective": 0.5}, metrics_dataframe=pd.DataFrame(), config={}, error=None),
+            SimpleNamespace(path=b.path, metrics={"trial_id": "b"}, metrics_dataframe=frame_b, config={}, error=None),
+            SimpleNamespace(path=c.path, metrics={}, metrics_dataframe=None, config={}, error=RuntimeError("x\ny"))]  # fmt: skip
     trials = collect_trials(grid, "max", history)
-    assert [t["best_objective"] for t in trials] == [0.7, 0.65, None] and trials[2]["error"] == "x"
+    assert [(t["trial_id"], t["best_objective"]) for t in trials] == [("a", 0.7), ("b", 0.65), ("c", None)] and trials[2]["error"] == "x"
     assert [t["best_objective"] for t in collect_trials(grid, "min", history)] == [0.7, 0.6, None]
+
+
+class _Grid(list):
+    """A ResultGrid's two parts unfinished_trials reads: its results and experiment_path."""
+
+    def __init__(self, experiment_path, results):
+        super().__init__(results)
+        self.experiment_path = str(experiment_path)
 
 
 def test_an_interrupted_search_chooses_and_writes_nothing_and_resumes(tmp_path, glue_dir, monkeypatch, capsys):

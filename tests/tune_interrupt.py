@@ -31,7 +31,6 @@ class InterruptTuneOnFirstResult(tune.Callback):
     unpickles it too, so it fires only while $PETL_TEST_INTERRUPT_TUNE is set."""
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        print("CB", os.environ.get(INTERRUPT_TUNE), file=__import__("sys").stderr)
         if os.environ.get(INTERRUPT_TUNE):
             os.environ.pop(INTERRUPT_TUNE)
             os.kill(os.getpid(), signal.SIGUSR1)
