@@ -93,7 +93,7 @@ import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from petl.errors import PetlError, exit_status, invoked_as
+from petl.errors import Interrupted, PetlError, exit_status, invoked_as
 from petl.grid import (
     Cell,
     changed_arguments,
@@ -365,6 +365,11 @@ def _sweep(grid: dict, grid_path: str, results_path: Path, out: Path, shard: str
 
             run_tune_groups(driver, [g for g in groups if g.spec.uses_ray_tune], cpus, gpus, ray_address, keep_trials)
         driver.run()
+    except Interrupted:
+        raise
+    except KeyboardInterrupt:  # Ctrl+C: every record already appended stays; the rest runs next time
+        raise Interrupted(f"the sweep stopped after {total - to_run + driver.ran} of {total} cells; finished cells are in "
+                          f"{results_path}: run the same command to go on") from None  # fmt: skip
     finally:
         engine.close()
         stop_ray(started_ray)

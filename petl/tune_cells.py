@@ -323,5 +323,5 @@ def _tune_search(driver, seed_cell, spec: TuneSpec, key: str, cpus: float, gpus:
     unfinished = unfinished_trials(results)
     if unfinished:  # Ctrl+C: Ray Tune returned early; its trials are not candidates (a later run would choose among them)
         raise Interrupted(f"the sweep stopped while tuning {seed_cell.cell_id} ({len(unfinished)} of {spec.trials} trials unfinished, "
-                          f"none recorded); finished cells are in {driver.results}: run the same command to continue")  # fmt: skip
+                          f"none recorded); finished cells are in {driver.results}: run the same command to go on")  # fmt: skip
     return list(results)

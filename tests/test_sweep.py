@@ -133,6 +133,30 @@ def test_sweep_records_resumes_keeps_failures_and_reports(tmp_path, glue_dir, mo
         write_report(str(tmp_path / "tiny.jsonl"), str(tmp_path / "fig"), metric="pearson")
 
 
+def test_ctrl_c_keeps_the_finished_cells_and_says_how_to_go_on_in_one_line(tmp_path, glue_dir, monkeypatch, capsys):
+    """Ctrl+C in the middle of a sweep: the cells already recorded stay, one `interrupted:` line (not a
+    traceback) says how many and how to continue, exit status 130; the same command then runs the rest."""
+    import petl.experiment
+
+    calls = []
+
+    def fake_run(model_args, data_args, petl_args, training_args, cache_when_valid=False):
+        calls.append(training_args.seed)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return {"task": data_args.task_name, "selection_metric": "accuracy", "best_validation_score": 0.5,
+                "validation_metrics": {"accuracy": 0.5}, "test_metrics": {"accuracy": 0.5}}  # fmt: skip
+
+    monkeypatch.setattr(petl.experiment, "run", fake_run)
+    path = write_grid(tmp_path, glue_dir, "ctrlc", {"num_hidden_layers": 2}, {"head": {"method": "head"}}, seeds=[1, 2, 3])
+    assert main([path, "--no_ray"]) == 130
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    results = tmp_path / "ctrlc.jsonl"
+    assert line == f"interrupted: the sweep stopped after 1 of 3 cells; finished cells are in {results}: run the same command to go on"
+    assert len(results.read_text().splitlines()) == 1
+    assert main([path, "--no_ray"]) == 0 and len(results.read_text().splitlines()) == 3
+
+
 def test_table_relative_improvement_and_gap_bridged():
     def rec(name, value, seed=1, layer=None):
         return {"method_name": name, "layer": layer, "task": "rte", "seed": seed, "selection_metric": "accuracy",

@@ -310,7 +310,7 @@ def test_an_interrupted_tune_search_records_no_candidate_and_runs_again(tmp_path
     path = _grid(tmp_path, glue_dir, {"head": {"method": "head"}}, arguments=arguments, tune=tune)
     assert main([path, "--cpus_per_cell", "1"]) == 130
     line = capsys.readouterr().err.strip().splitlines()[-1]
-    assert line.startswith("interrupted: ") and "run the same command" in line, line
+    assert line.startswith("interrupted: ") and "run the same command to go on" in line, line
     jsonl = tmp_path / "ray.jsonl"
     assert not jsonl.exists() or not [r for r in read_jsonl(jsonl)[0] if r.get("tune_role") == "candidate"]
     assert run_sweep(path, use_ray=True, cpus_per_cell=1)["failed"] == 0
