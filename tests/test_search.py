@@ -121,9 +121,10 @@ def test_pbt_search_runs_to_completion_and_retrains_the_best(tmp_path, glue_dir,
     assert summary["failed_trials"] == 0 and len(summary["trials"]) == 2
     from petl.trial_log import read_trial_log
 
-    history, latest = read_trial_log(tmp_path / "search" / "ray" / "search")  # written by the driver, a score per evaluation
+    history, latest = read_trial_log(tmp_path / "search" / "ray" / "search")  # written by the driver
     assert all(t["best_objective"] == max(history[f"trial_{t['trial_id']}"]) for t in summary["trials"]), (history, summary["trials"])
-    assert all(len(scores) >= 3 for scores in history.values()) and set(latest.values()) == {"end"}, (history, latest)  # + PBT's restores
+    # every trial scored and ended (how many scores varies: a PBT exploit may jump a trial to its donor's later epoch)
+    assert len(history) == 2 and all(history.values()) and set(latest.values()) == {"end"}, (history, latest)
     # nor does Ray Tune's staging copy of the trials stay in the system temp folder
     assert set(Path("/tmp/ray").glob("session_*/artifacts/*/search")) == staged_before
     scores = [t["best_objective"] for t in summary["trials"]]
