@@ -338,7 +338,6 @@ def run_trials(base: tuple, space: dict, objective: Objective, search_args: Sear
 
     from petl.ray_runtime import remove_tune_staging, stop_ray, tune_configs
     from petl.search import to_tune
-    from petl.trial_log import TrialLog
 
     scheduler = make_scheduler(search_args, space)
     started = start_ray(search_args)
@@ -365,7 +364,6 @@ def run_trials(base: tuple, space: dict, objective: Objective, search_args: Sear
                     # PBT exploits may restore any trial's latest checkpoint at any time: keep them all
                     # (delta-only, so small); ASHA never restores across trials
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=None if search_args.search_scheduler == "pbt" else 2),
-                    callbacks=[TrialLog()],
                     verbose=1,
                 ),
             )
@@ -444,13 +442,14 @@ def run_search(argv: list[str] | None = None) -> dict:
 
     # ---- trials
     grid = run_trials(base, space, objective, search_args, out_dir / "ray", resumable)
-    log_kept = (Path(grid.experiment_path) / LOG_FILE).is_file()
+    experiment = Path(grid.experiment_path)
+    history, latest = read_trial_log(experiment)
     # a search begun before petl kept a trial log (its restored run config lacks TrialLog) cannot tell: taken as finished
-    unfinished = unfinished_trials(grid) if log_kept or not resumable else []
+    unfinished = unfinished_trials(grid, latest) if (experiment / LOG_FILE).is_file() or not resumable else []
     if unfinished:  # Ctrl+C: Ray Tune returned early; nothing is chosen, retrained, written or removed
         raise Interrupted(f"the search stopped before {len(unfinished)} of its {len(grid)} trials finished; nothing was chosen or written; "
                           f"its state is in {out_dir / 'ray'}: continue it with --resume true")  # fmt: skip
-    trials = collect_trials(grid, objective.mode, read_trial_log(Path(grid.experiment_path))[0])
+    trials = collect_trials(grid, objective.mode, history)
     best = best_trial(trials, objective.mode)
     summary = {
         "scheduler": search_args.search_scheduler,

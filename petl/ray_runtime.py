@@ -180,12 +180,14 @@ def validation_reporter(metric_key: str, with_checkpoint: bool = False):
 
 
 def tune_configs(*, name: str, storage: Path, mode: str, scheduler, num_samples: int, max_failures: int, search_alg=None,
-                 checkpoint_config=None, callbacks=None, verbose: int = 0) -> dict:  # fmt: skip
+                 checkpoint_config=None, verbose: int = 0) -> dict:  # fmt: skip
     """The TuneConfig and RunConfig of every petl Tuner: maximise or minimise `objective`, one process
     per trial (reuse_actors off: a trial's environment is its own), trial folders named by Ray's id
-    under `storage`/`name` (never the system temp folder); `callbacks`: petl.trial_log.TrialLog, which every
-    caller passes (a trial's scores and end, written by the driver)."""
+    under `storage`/`name` (never the system temp folder), and petl.trial_log's record of each trial's
+    scores and end, written by the driver."""
     from ray import tune
+
+    from petl.trial_log import TrialLog
 
     return {
         "tune_config": tune.TuneConfig(
@@ -203,7 +205,7 @@ def tune_configs(*, name: str, storage: Path, mode: str, scheduler, num_samples:
             verbose=verbose,
             checkpoint_config=checkpoint_config,
             failure_config=tune.FailureConfig(max_failures=max_failures),
-            callbacks=callbacks,
+            callbacks=[TrialLog(OBJECTIVE)],
         ),
     }
 

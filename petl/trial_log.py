@@ -5,9 +5,9 @@ back from result.json in the storage folder, a copy Ray syncs from its staging f
 history came back empty after `fit()` (the cause is not pinned down), a trial's best score was None, and
 the search chose among the others. And on Ctrl+C (SIGINT, or SIGUSR1) `fit()` returns early, without an
 error, and its clean-up marks the stopped trials TERMINATED like finished ones: a search would choose
-among half-trained trials. `TrialLog`, a Tune callback every petl Tuner gets (petl/hyper_search.py,
-petl/tune_cells.py), appends each start, score and end of a trial to <experiment folder>/trial_log.jsonl,
-keyed by the trial's folder name. A resumed run (Tuner.restore unpickles the callback) appends to the
+among half-trained trials. `TrialLog`, a Tune callback every petl Tuner gets (petl.ray_runtime.tune_configs),
+appends each start, score and end of a trial to <experiment folder>/trial_log.jsonl, keyed by the
+trial's folder name. A resumed run (Tuner.restore unpickles the callback) appends to the
 same file, wherever the folder now is; a trial is unfinished unless its latest start was followed by
 an end (a trial that failed and was started again by --resume must end again).
 """
@@ -20,18 +20,19 @@ from pathlib import Path
 
 from ray import tune
 
-from petl.ray_runtime import OBJECTIVE
-
 LOG_FILE = "trial_log.jsonl"
 
 
 class TrialLog(tune.Callback):
+    def __init__(self, metric: str):  # the reported metric that is the trial's score
+        self.metric = metric
+
     def on_trial_start(self, iteration, trials, trial, **info):  # also after a pause (PBT), a retry or --resume
         self._write(trial, {"event": "start"})
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        if OBJECTIVE in result:
-            self._write(trial, {"iteration": result.get("training_iteration"), OBJECTIVE: float(result[OBJECTIVE])})
+        if self.metric in result:
+            self._write(trial, {"iteration": result.get("training_iteration"), "score": float(result[self.metric])})
 
     def on_trial_complete(self, iteration, trials, trial, **info):  # it returned, or the scheduler stopped it
         self._write(trial, {"event": "end"})
@@ -62,15 +63,14 @@ def read_trial_log(experiment: Path) -> tuple[dict[str, list[float]], dict[str, 
             folder = str(entry["trial"])
             if "event" in entry:
                 latest[folder] = str(entry["event"])
-            elif not math.isnan(score := float(entry[OBJECTIVE])):
+            elif not math.isnan(score := float(entry["score"])):
                 scores.setdefault(folder, []).append(score)
         except (ValueError, KeyError, TypeError):
             continue
     return scores, latest
 
 
-def unfinished_trials(grid) -> list[str]:
-    """The folders of a Tune run's trials that did not end (never started, or started and not ended): fit()
-    was cut short (Ctrl+C)."""
-    _, latest = read_trial_log(Path(grid.experiment_path))
+def unfinished_trials(grid, latest: dict[str, str]) -> list[str]:
+    """The folders of a Tune run's trials that did not end (never started, or started and not ended; `latest`:
+    read_trial_log's events): fit() was cut short (Ctrl+C)."""
     return [Path(r.path).name for r in grid if latest.get(Path(r.path).name) != "end"]

@@ -286,7 +286,7 @@ def _tune_search(driver, seed_cell, spec: TuneSpec, key: str, cpus: float, gpus:
     from petl.ray_runtime import asha_scheduler, remove_tune_staging, tune_configs, validation_reporter
     from petl.search import to_tune
     from petl.sweep_engine import CellJob, run_cell
-    from petl.trial_log import TrialLog, unfinished_trials
+    from petl.trial_log import read_trial_log, unfinished_trials
 
     grid, cwd = driver.grid, os.getcwd()
     metric, mode = _selection_metric(run_values(grid, seed_cell, driver.out), seed_cell.task)
@@ -313,14 +313,13 @@ def _tune_search(driver, seed_cell, spec: TuneSpec, key: str, cpus: float, gpus:
             scheduler=scheduler,
             num_samples=spec.trials,
             max_failures=driver.max_retries,
-            callbacks=[TrialLog()],
         ),
     )
     try:
         results = tuner.fit()
     finally:
         remove_tune_staging(f"tune-{key}")
-    unfinished = unfinished_trials(results)
+    unfinished = unfinished_trials(results, read_trial_log(Path(results.experiment_path))[1])
     if unfinished:  # Ctrl+C: Ray Tune returned early; its trials are not candidates (a later run would choose among them)
         raise Interrupted(f"the sweep stopped while tuning {seed_cell.cell_id} ({len(unfinished)} of {spec.trials} trials unfinished, "
                           f"none recorded); finished cells are in {driver.results}: run the same command to go on")  # fmt: skip

@@ -180,7 +180,7 @@ def test_trial_log_keeps_scores_and_ends_across_a_torn_line_and_a_restart(tmp_pa
     from petl.hyper_search import collect_trials
     from petl.trial_log import LOG_FILE, TrialLog, read_trial_log, unfinished_trials
 
-    log = TrialLog()
+    log = TrialLog("objective")
     a, b, c, d = (SimpleNamespace(path=str(tmp_path / f"trial_{n}"), trial_id=n) for n in "abcd")
     log.on_trial_start(0, [], a)
     log.on_trial_result(0, [], a, {"objective": float("nan"), "training_iteration": 1})
@@ -198,7 +198,7 @@ def test_trial_log_keeps_scores_and_ends_across_a_torn_line_and_a_restart(tmp_pa
     assert history == {"trial_a": [0.7], "trial_b": [0.6]} and read_trial_log(tmp_path / "absent") == ({}, {})
     assert latest == {"trial_a": "end", "trial_b": "start", "trial_c": "start"}
     results = [SimpleNamespace(path=t.path) for t in (a, b, c, d)]
-    assert unfinished_trials(_Grid(tmp_path, results)) == ["trial_b", "trial_c", "trial_d"]
+    assert unfinished_trials(results, latest) == ["trial_b", "trial_c", "trial_d"]
     frame_b = pd.DataFrame({"objective": [0.6, 0.65, float("nan")]})
     grid = [SimpleNamespace(path=a.path, metrics={"objective": 0.5}, metrics_dataframe=pd.DataFrame(), config={}, error=None),
             SimpleNamespace(path=b.path, metrics={"trial_id": "b"}, metrics_dataframe=frame_b, config={}, error=None),
@@ -206,14 +206,6 @@ def test_trial_log_keeps_scores_and_ends_across_a_torn_line_and_a_restart(tmp_pa
     trials = collect_trials(grid, "max", history)
     assert [(t["trial_id"], t["best_objective"]) for t in trials] == [("a", 0.7), ("b", 0.65), ("c", None)] and trials[2]["error"] == "x"
     assert [t["best_objective"] for t in collect_trials(grid, "min", history)] == [0.7, 0.6, None]
-
-
-class _Grid(list):
-    """A ResultGrid's two parts unfinished_trials reads: its results and experiment_path."""
-
-    def __init__(self, experiment_path, results):
-        super().__init__(results)
-        self.experiment_path = str(experiment_path)
 
 
 def test_an_interrupted_search_chooses_and_writes_nothing_and_resumes(tmp_path, glue_dir, monkeypatch, capsys):
